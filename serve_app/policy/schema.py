@@ -1,0 +1,297 @@
+"""The policy schema: what `policies/*.yaml` may say, and the rules each field obeys.
+
+Every model is strict (`extra="forbid"`, frozen) and every field carries a description
+and its unit in its name. Rules that need more than one field of one object live in
+a `model_validator` here; rules that cross objects (an alias naming an unknown model,
+a duplicate API key) live in `checks.py`, which reports them with their field path.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Identifier = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="An id: letters, digits, '.', '_', ':' or '-'; starts with a letter or digit.",
+    ),
+]
+Sha256Hex = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of an API key, 64 lowercase hex digits (`rtcts policy hash-key KEY`).",
+    ),
+]
+UsdAmount = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=18, decimal_places=6, description="US dollars, at most 6 decimals."),
+]
+
+
+class StrictModel(BaseModel):
+    """Base of every policy object: unknown fields are errors, objects are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class BackendKind(str, Enum):
+    """Which engine serves a model."""
+
+    SIMULATED = "simulated"
+    OPENAI_UPSTREAM = "openai_upstream"
+    RAY_SERVE_LLM = "ray_serve_llm"
+
+
+class InfeasibleAction(str, Enum):
+    """What to try when the requested model (or no candidate) meets the SLA and margin floor."""
+
+    REROUTE = "reroute"
+    SURCHARGE = "surcharge"
+    ACCEPT = "accept"
+    THROTTLE = "throttle"
+
+
+TERMINAL_ACTIONS = frozenset({InfeasibleAction.ACCEPT, InfeasibleAction.THROTTLE})
+
+
+class ThroughputProfile(StrictModel):
+    """How fast one replica of a model works, measured on its accelerator."""
+
+    prefill_tokens_per_s: float = Field(
+        gt=0, description="Prompt tokens processed per second by one replica (prefill)."
+    )
+    decode_tokens_per_s_at_batch_1: float = Field(
+        gt=0, description="Output tokens per second of one sequence decoding alone."
+    )
+    max_concurrent_sequences: int = Field(
+        ge=1, le=4096, description="Most sequences one replica decodes at once (its batch)."
+    )
+    decode_tokens_per_s_at_max_batch: float = Field(
+        gt=0,
+        description=(
+            "Aggregate output tokens per second of one replica with a full batch. "
+            "Between the batch-1 rate and batch-1 rate x max_concurrent_sequences; "
+            "the curve between them saturates (see docs/pricing-model.md)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _saturation_in_range(self) -> ThroughputProfile:
+        low = self.decode_tokens_per_s_at_batch_1
+        high = low * self.max_concurrent_sequences
+        if not low <= self.decode_tokens_per_s_at_max_batch <= high:
+            raise ValueError(
+                "decode_tokens_per_s_at_max_batch must lie between the batch-1 rate "
+                f"({low:g}) and batch-1 rate x max_concurrent_sequences ({high:g})"
+            )
+        return self
+
+
+class Autoscaling(StrictModel):
+    """Replica bounds of a model deployment; min_replicas 0 means it scales to zero."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas (0 = scale to zero).")
+    max_replicas: int = Field(default=1, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        default=8,
+        gt=0,
+        description="Requests per replica the autoscaler aims for before adding a replica.",
+    )
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ModelSpec(StrictModel):
+    """A model rtcts can serve: its hardware cost, speed, quality and scaling."""
+
+    id: Identifier = Field(description="Model id clients send as `model`.")
+    backend: BackendKind = Field(description="Engine behind the model deployment.")
+    upstream_url: str | None = Field(
+        default=None,
+        description="Base URL of the OpenAI-compatible server (backend openai_upstream only).",
+    )
+    accelerator: str = Field(
+        min_length=1, description="Accelerators of one replica, for people (e.g. '1x NVIDIA L4')."
+    )
+    usd_per_hour: float = Field(
+        gt=0, description="What one replica costs per hour, busy or idle (on-demand price)."
+    )
+    quality_tier: int = Field(ge=1, le=10, description="Quality rank; higher is better.")
+    throughput: ThroughputProfile = Field(description="Measured speed of one replica.")
+    cold_start_s: float = Field(
+        ge=0, description="Seconds from starting a replica to its first token (weights load)."
+    )
+    cold_start_amortization_requests: int = Field(
+        default=100,
+        ge=1,
+        description="Requests a newly started replica is expected to serve; a cold start's "
+        "GPU cost is shared among them.",
+    )
+    context_window_tokens: int = Field(ge=1, description="Most prompt plus output tokens.")
+    max_output_tokens: int = Field(ge=1, description="Most output tokens of one request.")
+    default_output_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="Predicted output tokens when the request sets no max_tokens and the "
+        "tenant has no history on this model.",
+    )
+    autoscaling: Autoscaling = Field(
+        default_factory=Autoscaling, description="Replica bounds of the deployment."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if self.max_output_tokens > self.context_window_tokens:
+            raise ValueError("max_output_tokens exceeds context_window_tokens")
+        if (self.backend is BackendKind.OPENAI_UPSTREAM) != (self.upstream_url is not None):
+            raise ValueError("upstream_url is required for, and only for, backend openai_upstream")
+        return self
+
+
+class PriceCard(StrictModel):
+    """What a plan charges for a model, per million tokens."""
+
+    input_usd_per_1m_tokens: UsdAmount = Field(description="Price of 1M prompt tokens, USD.")
+    output_usd_per_1m_tokens: UsdAmount = Field(description="Price of 1M output tokens, USD.")
+
+    @model_validator(mode="after")
+    def _not_free(self) -> PriceCard:
+        if self.input_usd_per_1m_tokens == 0 and self.output_usd_per_1m_tokens == 0:
+            raise ValueError("a price card must charge for input or output tokens")
+        return self
+
+
+class Sla(StrictModel):
+    """The latency a plan promises, and the credit when a request misses it."""
+
+    ttft_target_ms: float = Field(gt=0, description="Time to first token promised, ms.")
+    tpot_target_ms: float = Field(
+        gt=0, description="Mean time per output token after the first promised, ms."
+    )
+    credit_fraction: Decimal = Field(
+        ge=0,
+        le=1,
+        max_digits=7,
+        decimal_places=6,
+        description="Share of the price credited on a request that missed the SLA (0..1).",
+    )
+
+
+class Limits(StrictModel):
+    """Admission limits of a plan (enforced in Redis by the admission layer)."""
+
+    requests_per_minute: int = Field(ge=1, description="Requests per sliding minute.")
+    tokens_per_minute: int = Field(
+        ge=1, description="Prompt plus output tokens per sliding minute."
+    )
+    monthly_budget_usd: UsdAmount = Field(description="Most spend per calendar month, USD.")
+
+
+class Plan(StrictModel):
+    """A price plan: price cards, margin floor, SLA, limits and what to do when infeasible."""
+
+    id: Identifier = Field(description="Plan id that tenants refer to.")
+    prices_by_model: dict[str, PriceCard] = Field(
+        default_factory=dict, description="Price card per model id; wins over prices_by_tier."
+    )
+    prices_by_tier: dict[int, PriceCard] = Field(
+        default_factory=dict, description="Price card per quality tier, for models not listed."
+    )
+    margin_floor: float = Field(
+        default=0.35,
+        ge=0,
+        lt=1,
+        description="Least gross margin (price - cost) / price a request may be served at.",
+    )
+    surge_cap: float = Field(
+        default=1.0,
+        ge=1,
+        le=10,
+        description="Largest price multiplier a surcharge may apply (1 = never surcharge).",
+    )
+    on_infeasible: list[InfeasibleAction] = Field(
+        default_factory=lambda: [InfeasibleAction.REROUTE, InfeasibleAction.THROTTLE],
+        min_length=1,
+        description="Actions tried in order when the requested model is infeasible; "
+        "'reroute' allows substitution by an equal or better model; the chain ends with "
+        "'throttle' (HTTP 429) or 'accept' (serve below the floor).",
+    )
+    throttle_retry_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Retry-After when waiting cannot be predicted (e.g. margin, not queue).",
+    )
+    max_retry_after_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Largest Retry-After ever quoted, seconds."
+    )
+    sla: Sla = Field(description="Latency promise and its credit.")
+    limits: Limits = Field(description="Request, token and spend limits.")
+
+    @property
+    def allows_substitution(self) -> bool:
+        """Substitution by another model is allowed exactly when 'reroute' is in the chain."""
+        return InfeasibleAction.REROUTE in self.on_infeasible
+
+    @property
+    def accepts_below_floor(self) -> bool:
+        """Whether this plan may serve a request below its margin floor."""
+        return InfeasibleAction.ACCEPT in self.on_infeasible
+
+    @model_validator(mode="after")
+    def _chain_well_formed(self) -> Plan:
+        chain = self.on_infeasible
+        if len(set(chain)) != len(chain):
+            raise ValueError("on_infeasible lists an action twice")
+        if chain[-1] not in TERMINAL_ACTIONS:
+            raise ValueError("on_infeasible must end with 'throttle' or 'accept'")
+        if any(action in TERMINAL_ACTIONS for action in chain[:-1]):
+            raise ValueError("on_infeasible has actions after 'throttle' or 'accept'")
+        if InfeasibleAction.SURCHARGE in chain and self.surge_cap <= 1:
+            raise ValueError("on_infeasible has 'surcharge' but surge_cap is 1 (no surcharge)")
+        if self.max_retry_after_s < self.throttle_retry_after_s:
+            raise ValueError("max_retry_after_s is below throttle_retry_after_s")
+        return self
+
+
+class Tenant(StrictModel):
+    """A customer: its plan, its Stripe customer and the hashes of its API keys."""
+
+    id: Identifier = Field(description="Tenant id.")
+    plan: Identifier = Field(description="Id of the tenant's plan.")
+    stripe_customer_id: str = Field(
+        pattern=r"^cus_[A-Za-z0-9_]+$", max_length=100, description="Stripe customer id."
+    )
+    api_key_sha256: list[Sha256Hex] = Field(
+        min_length=1, description="SHA-256 hex digests of the tenant's API keys (never keys)."
+    )
+
+
+class Policy(StrictModel):
+    """One policy file: models, route aliases, plans and tenants."""
+
+    schema_version: Literal[1] = Field(default=1, description="Version of this schema.")
+    version: str = Field(
+        min_length=1, max_length=64, description="Version label of this policy, stamped on meters."
+    )
+    models: list[ModelSpec] = Field(min_length=1, description="Models that can be served.")
+    routes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Route aliases (e.g. 'auto', tiers): alias -> candidate model ids.",
+    )
+    plans: list[Plan] = Field(min_length=1, description="Price plans.")
+    tenants: list[Tenant] = Field(default_factory=list, description="Customers.")

@@ -1,0 +1,285 @@
+"""The routing decision: quote every candidate model, then allow, reroute, surcharge,
+accept below the floor, or throttle, by the plan's policy.
+
+One pure function, `decide`, serves both `/v1/quote` and the serving path, so a quote
+and the decision taken for the same request and state always agree.
+
+Rules, in order:
+1. The candidates are the requested model (plus, when the plan allows substitution,
+   every model of equal or higher quality tier the plan sells), or the models of the
+   requested alias that the plan sells.
+2. A candidate is feasible when it fits its context window, can get capacity, meets the
+   SLA (TTFT and TPOT), stays within the client's price cap and meets the margin floor.
+3. Requested model feasible → allow. Alias → allow the feasible candidate with the best
+   margin. A substitute for a named model is priced at most what the named model would
+   cost (unless the client's price cap allows more): no surprise costs. Otherwise the
+   plan's `on_infeasible` chain, in order: reroute (the best-margin feasible
+   substitute, never of lower tier), surcharge (the cheapest candidate that reaches the
+   floor within `surge_cap` and the client's price cap; no cap, no surcharge), accept
+   (serve below the floor, latency-feasible first), throttle (Retry-After = predicted
+   seconds until a candidate is feasible).
+Ties break on lower predicted latency, then model id, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from serve_app.errors import ContextWindowError, ModelNotInPlanError, UnknownModelError
+from serve_app.policy.schema import InfeasibleAction
+from serve_app.pricing.book import ModelProfile, PlanTerms, PriceBook
+from serve_app.pricing.cost import estimate
+from serve_app.pricing.price import (
+    PICO_PER_MICRO,
+    floor_price_micro,
+    margin,
+    pico_to_micro,
+    price_pico,
+)
+from serve_app.pricing.types import (
+    HARD_INFEASIBILITIES,
+    Action,
+    CandidateQuote,
+    ClusterSnapshot,
+    Decision,
+    Infeasibility,
+    PriceRequest,
+    Reason,
+)
+
+
+def decide(
+    request: PriceRequest, book: PriceBook, plan_id: str, snapshot: ClusterSnapshot
+) -> Decision:
+    """Quote the request on every candidate and decide what to do with it."""
+    plan = book.plans[plan_id]
+    primary, pool = _candidates(request.model, book, plan)
+    quotes = _quote_all(request, primary, pool, plan, snapshot)
+    if all(Infeasibility.CONTEXT_WINDOW_EXCEEDED in q.reasons for q in quotes):
+        largest = max(m.context_window_tokens for m in pool)
+        raise ContextWindowError(
+            f"{request.input_tokens} prompt tokens plus max_tokens exceed the context "
+            f"window of '{request.model}' ({largest} tokens)"
+        )
+
+    def done(
+        action: Action,
+        reason: Reason,
+        chosen: CandidateQuote | None = None,
+        price_micro: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> Decision:
+        base = 0 if chosen is None else chosen.price_micro
+        charged = base if price_micro is None else price_micro
+        return Decision(
+            action=action,
+            reason=reason,
+            model_id=None if chosen is None else chosen.model_id,
+            price_micro=charged,
+            surcharge_multiplier=charged / base if base else 1.0,
+            retry_after_s=retry_after_s,
+            chosen=chosen,
+            candidates=quotes,
+            policy_version=book.version,
+        )
+
+    if primary is not None and quotes[0].feasible:
+        return done(Action.ALLOW, Reason.REQUESTED_FEASIBLE, quotes[0])
+    if primary is None and (best := _best_margin([q for q in quotes if q.feasible])):
+        return done(Action.ALLOW, Reason.BEST_MARGIN, best)
+
+    # What the fallback chain may choose from: the requested model alone, unless the
+    # plan allows substitution or the request named an alias.
+    scope = quotes if primary is None or plan.allows_substitution else quotes[:1]
+    for action in plan.on_infeasible:
+        if action is InfeasibleAction.REROUTE and primary is not None:
+            if best := _best_margin([q for q in quotes[1:] if q.feasible]):
+                return done(Action.REROUTE, Reason.REROUTED, best)
+        elif action is InfeasibleAction.SURCHARGE:
+            if surcharged := _surcharge(scope, plan, request.max_price_micro):
+                return done(Action.SURCHARGE, Reason.SURCHARGED, *surcharged)
+        elif action is InfeasibleAction.ACCEPT:
+            servable = [q for q in scope if HARD_INFEASIBILITIES.isdisjoint(q.reasons)]
+            if best := _best_margin([q for q in servable if not _misses_sla(q)]):
+                return done(Action.ACCEPT_BELOW_FLOOR, Reason.ACCEPTED_BELOW_FLOOR, best)
+            if servable:
+                fastest = min(servable, key=lambda q: (q.total_s, q.model_id))
+                return done(Action.ACCEPT_BELOW_FLOOR, Reason.ACCEPTED_SLA_AT_RISK, fastest)
+    reason, retry_after_s = _throttle(scope, plan)
+    return done(Action.THROTTLE, reason, retry_after_s=retry_after_s)
+
+
+def _quote_all(
+    request: PriceRequest,
+    primary: ModelProfile | None,
+    pool: Sequence[ModelProfile],
+    plan: PlanTerms,
+    snapshot: ClusterSnapshot,
+) -> tuple[CandidateQuote, ...]:
+    """Quote every candidate. No surprise costs: when the client named a model, a
+    substitute is priced at most what the requested model would cost, unless the
+    client's price cap allows more; its margin and feasibility use that price."""
+    if primary is None:
+        return tuple(quote(request, model, plan, snapshot) for model in pool)
+    first = quote(request, primary, plan, snapshot)
+    cap = request.max_price_micro or 0
+    ceiling = (max(first.price_micro, cap), max(first.worst_case_price_micro, cap))
+    return (first, *(quote(request, model, plan, snapshot, ceiling) for model in pool[1:]))
+
+
+def quote(
+    request: PriceRequest,
+    model: ModelProfile,
+    plan: PlanTerms,
+    snapshot: ClusterSnapshot,
+    price_ceiling_micro: tuple[int, int] | None = None,
+) -> CandidateQuote:
+    """Predicted latency, cost, price, margin and feasibility of the request on `model`.
+
+    `price_ceiling_micro` (expected, worst case) caps the price of a substitute model.
+    """
+    load = snapshot.load(model.id)
+    rates = plan.rates[model.id]
+    input_tokens = request.input_tokens
+    output_cap = min(
+        request.max_tokens or model.max_output_tokens,
+        model.max_output_tokens,
+        max(1, model.context_window_tokens - input_tokens),
+    )
+    history = request.output_history.get(model.id)
+    predicted = model.default_output_tokens if history is None else round(history)
+    output_tokens = max(1, min(predicted, output_cap))
+
+    est = estimate(model, load, input_tokens, output_tokens)
+    pico = price_pico(rates, input_tokens, output_tokens)
+    worst_case = pico_to_micro(price_pico(rates, input_tokens, output_cap))
+    if price_ceiling_micro is not None and pico > price_ceiling_micro[0] * PICO_PER_MICRO:
+        pico = price_ceiling_micro[0] * PICO_PER_MICRO
+    if price_ceiling_micro is not None:
+        worst_case = min(worst_case, price_ceiling_micro[1])
+    price = pico_to_micro(pico)
+    gross_margin = margin(pico, est.cost_usd)
+
+    reasons: list[Infeasibility] = []
+    if input_tokens + (request.max_tokens or 1) > model.context_window_tokens:
+        reasons.append(Infeasibility.CONTEXT_WINDOW_EXCEEDED)
+    if not load.available:
+        reasons.append(Infeasibility.NO_CAPACITY)
+    if est.ttft_s > plan.ttft_target_s:
+        reasons.append(Infeasibility.TTFT_OVER_SLA)
+    if est.tpot_s > plan.tpot_target_s:
+        reasons.append(Infeasibility.TPOT_OVER_SLA)
+    if request.max_price_micro is not None and price > request.max_price_micro:
+        reasons.append(Infeasibility.OVER_PRICE_CAP)
+    if gross_margin < plan.margin_floor:
+        reasons.append(Infeasibility.MARGIN_BELOW_FLOOR)
+
+    warm = sum(1 for r in load.replicas if r.warm)
+    return CandidateQuote(
+        model_id=model.id,
+        quality_tier=model.quality_tier,
+        input_tokens=input_tokens,
+        predicted_output_tokens=output_tokens,
+        ttft_s=est.ttft_s,
+        tpot_s=est.tpot_s,
+        total_s=est.total_s,
+        cost_micro=round(est.cost_usd * 1e6),
+        price_micro=price,
+        worst_case_price_micro=worst_case,
+        margin=gross_margin,
+        reasons=tuple(reasons),
+        queue_ahead=est.queue_ahead,
+        batch=est.batch,
+        warm_replicas=warm,
+        starting_replicas=len(load.replicas) - warm,
+        cold_start_remaining_s=est.cold_start_remaining_s,
+    )
+
+
+def _candidates(
+    name: str, book: PriceBook, plan: PlanTerms
+) -> tuple[ModelProfile | None, list[ModelProfile]]:
+    """(the requested model or None for an alias, the candidate models in order)."""
+    model = book.models.get(name)
+    if model is not None:
+        if model.id not in plan.rates:
+            raise ModelNotInPlanError(f"model '{name}' is not available on your plan")
+        pool = [model]
+        if plan.allows_substitution:
+            pool += sorted(
+                (
+                    m
+                    for m in book.models.values()
+                    if m.id != model.id
+                    and m.id in plan.rates
+                    and m.quality_tier >= model.quality_tier
+                ),
+                key=lambda m: (m.quality_tier, m.id),
+            )
+        return model, pool
+    alias = book.routes.get(name)
+    if alias is None:
+        raise UnknownModelError(f"model '{name}' does not exist")
+    pool = [book.models[m] for m in alias if m in plan.rates]
+    if not pool:
+        raise ModelNotInPlanError(f"no model of '{name}' is available on your plan")
+    return None, pool
+
+
+def _best_margin(quotes: Sequence[CandidateQuote]) -> CandidateQuote | None:
+    """Highest margin, then lowest predicted latency, then model id."""
+    return min(quotes, key=lambda q: (-q.margin, q.total_s, q.model_id), default=None)
+
+
+def _misses_sla(q: CandidateQuote) -> bool:
+    return Infeasibility.TTFT_OVER_SLA in q.reasons or Infeasibility.TPOT_OVER_SLA in q.reasons
+
+
+def _surcharge(
+    scope: Sequence[CandidateQuote], plan: PlanTerms, cap_micro: int | None
+) -> tuple[CandidateQuote, int] | None:
+    """The candidate whose floor-meeting price is lowest, if within surge_cap and the cap.
+
+    Only a candidate whose one problem is its margin can be surcharged: a higher price
+    fixes neither latency nor capacity. No surprise costs: a surcharge needs the
+    client's price cap, and never exceeds it.
+    """
+    if cap_micro is None:
+        return None
+    options: list[tuple[int, float, str, CandidateQuote]] = []
+    for q in scope:
+        if q.reasons != (Infeasibility.MARGIN_BELOW_FLOOR,) or q.price_micro <= 0:
+            continue
+        price = max(q.price_micro, floor_price_micro(q.cost_micro / 1e6, plan.margin_floor))
+        if price <= q.price_micro * plan.surge_cap and price <= cap_micro:
+            options.append((price, q.total_s, q.model_id, q))
+    if not options:
+        return None
+    price, _, _, q = min(options)
+    return q, price
+
+
+def _throttle(scope: Sequence[CandidateQuote], plan: PlanTerms) -> tuple[Reason, float | None]:
+    """Why nothing can be served now, and the predicted seconds until something can."""
+    waits = [w for q in scope if (w := _seconds_until_feasible(q, plan)) is not None]
+    if waits:
+        return Reason.NO_FEASIBLE_CANDIDATE, min(
+            max(min(waits), plan.throttle_retry_after_s), plan.max_retry_after_s
+        )
+    if all(Infeasibility.NO_CAPACITY in q.reasons for q in scope):
+        return Reason.NO_CAPACITY, None
+    return Reason.PRICE_CAP_EXCEEDED, None
+
+
+def _seconds_until_feasible(q: CandidateQuote, plan: PlanTerms) -> float | None:
+    """Predicted wait until `q` is feasible; None when waiting cannot help."""
+    if not HARD_INFEASIBILITIES.isdisjoint(q.reasons):
+        return None
+    wait = 0.0
+    if Infeasibility.TTFT_OVER_SLA in q.reasons:
+        wait = q.ttft_s - plan.ttft_target_s
+    if q.cold_start_remaining_s > 0:  # the start wait and the start's cost share end together
+        wait = max(wait, q.cold_start_remaining_s)
+    if Infeasibility.TPOT_OVER_SLA in q.reasons or Infeasibility.MARGIN_BELOW_FLOOR in q.reasons:
+        wait = max(wait, plan.throttle_retry_after_s)
+    return wait

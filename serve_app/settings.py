@@ -1,0 +1,71 @@
+"""Settings: the one object that reads the environment.
+
+Precedence: explicit keyword arguments, then environment variables, then defaults.
+Nothing else in rtcts reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serve_app.errors import RtctsError
+
+ENV_PREFIX = "RTCTS_"
+
+
+class SettingsError(RtctsError):
+    """An environment variable or argument has an invalid value."""
+
+
+class Settings(BaseModel):
+    """Process-level settings of rtcts (policies hold the business rules)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy_path: Path = Field(
+        default=Path("policies/default.yaml"),
+        description="Policy file to serve (env RTCTS_POLICY_PATH).",
+    )
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster to join; unset starts a local Ray (env RAY_ADDRESS)."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis to use; unset starts an embedded redis-server (env REDIS_URL).",
+    )
+    stripe_api_key: str | None = Field(
+        default=None,
+        description="Stripe key; unset uses the bundled local emulator (env STRIPE_API_KEY).",
+        repr=False,
+    )
+    stripe_api_base: str | None = Field(
+        default=None,
+        description="Base URL of a Stripe-compatible server (env STRIPE_API_BASE).",
+    )
+    http_host: str = Field(default="127.0.0.1", description="Ingress host (env RTCTS_HTTP_HOST).")
+    http_port: int = Field(
+        default=8000, ge=1, le=65535, description="Ingress port (env RTCTS_HTTP_PORT)."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from `environ` (default: the process environment) and overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            for key in (ENV_PREFIX + name.upper(), name.upper()):
+                if key in env and env[key] != "":
+                    values[name] = env[key]
+                    break
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise SettingsError(f"invalid settings: {problems}") from None
