@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve_app.errors import RtctsError
 
-ENV_PREFIX = "RTCTS_"
+ENV_VARS = {
+    "policy_path": "RTCTS_POLICY_PATH",
+    "ray_address": "RAY_ADDRESS",
+    "redis_url": "REDIS_URL",
+    "stripe_api_key": "STRIPE_API_KEY",
+    "stripe_api_base": "STRIPE_API_BASE",
+    "http_host": "RTCTS_HTTP_HOST",
+    "http_port": "RTCTS_HTTP_PORT",
+}
+"""Each setting reads exactly one variable, named in its description."""
 
 
 class SettingsError(RtctsError):
@@ -56,11 +65,9 @@ class Settings(BaseModel):
         """Build settings from `environ` (default: the process environment) and overrides."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        for name in cls.model_fields:
-            for key in (ENV_PREFIX + name.upper(), name.upper()):
-                if key in env and env[key] != "":
-                    values[name] = env[key]
-                    break
+        for name, key in ENV_VARS.items():
+            if env.get(key, "") != "":
+                values[name] = env[key]
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(values)

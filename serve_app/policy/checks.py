@@ -65,7 +65,7 @@ def _check_plans(policy: Policy) -> Iterator[PolicyIssue]:
         for tier in plan.prices_by_tier:
             if tier not in tiers:
                 yield PolicyIssue(
-                    f"{path}.prices_by_tier.{tier}", f"no model has quality tier {tier}"
+                    f"{path}.prices_by_tier[{tier}]", f"no model has quality tier {tier}"
                 )
         if not any(
             m.id in plan.prices_by_model or m.quality_tier in plan.prices_by_tier

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,19 +46,15 @@ def load_policy_file(path: str | Path) -> LoadedPolicy:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(source, [PolicyIssue("", f"cannot read file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        issue = PolicyIssue("", f"not UTF-8 text (byte {exc.start}: {exc.reason})")
+        raise PolicyError(source, [issue]) from None
     return load_policy_text(text, source=source)
 
 
 def load_policy_text(text: str, *, source: str = "<policy>") -> LoadedPolicy:
     """Validate a policy given as YAML text."""
-    try:
-        data = yaml.load(text, Loader=_UniqueKeySafeLoader)  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        raise PolicyError(source, [PolicyIssue(where, f"{exc.problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(source, [PolicyIssue("", f"invalid YAML: {exc}")]) from None
+    data = _parse_yaml(text, source)
     if not isinstance(data, Mapping):
         raise PolicyError(source, [PolicyIssue("", "a policy must be a YAML mapping")])
     return load_policy_dict(data, source=source)
@@ -98,34 +94,80 @@ def _issue(error: Any) -> PolicyIssue:
         message = message.removeprefix("Value error, ")
     if "input" in error and kind not in {"missing", "extra_forbidden"} and _short(error["input"]):
         message += f" (got {error['input']!r})"
-    loc = tuple(part for part in error["loc"] if part not in _UNION_TAGS)
-    return PolicyIssue(format_path(loc), message)
-
-
-_UNION_TAGS = {"function-after[_saturation_in_range(), ThroughputProfile]"}
+    loc = tuple(error["loc"])
+    if loc and loc[-1] == "[key]":  # pydantic's marker for a bad key of a dict field
+        loc, message = loc[:-1], f"invalid key: {message}"
+    return PolicyIssue(format_path(loc), _one_line(message))
 
 
 def _short(value: object) -> bool:
     return isinstance(value, (int, float, str)) and len(repr(value)) <= 40
 
 
-class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    loader.flatten_mapping(node)
-    return dict(loader.construct_pairs(node))
+def _parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely into plain data, refusing duplicate keys.
+
+    PyYAML silently keeps the last of duplicate keys; they are found here on the node
+    tree, before construction, so each is reported with its field path and line.
+    """
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters at once
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            duplicates = list(_duplicate_keys(loader, node, (), set()))
+            if duplicates:
+                raise PolicyError(source, duplicates)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        if exc.context and problem.startswith("but "):  # "expected X" / "but found Y"
+            problem = f"{exc.context}, {problem}"
+        raise PolicyError(source, [PolicyIssue(where, _one_line(problem))]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [PolicyIssue("", _one_line(f"invalid YAML: {exc}"))]) from None
+    except PolicyError:
+        raise
+    except Exception as exc:  # PyYAML's constructors raise bare errors, e.g. on `2026-13-45`
+        issue = PolicyIssue("", _one_line(f"invalid YAML: {exc}"))
+        raise PolicyError(source, [issue]) from None
 
 
-_UniqueKeySafeLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
+def _duplicate_keys(
+    loader: yaml.SafeLoader, node: yaml.Node, loc: tuple[int | str, ...], seen: set[int]
+) -> Iterator[PolicyIssue]:
+    """Every duplicate mapping key under `node`; an aliased node is walked once."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicate_keys(loader, item, (*loc, index), seen)
+    elif isinstance(node, yaml.MappingNode):
+        keys: set[Any] = set()
+        for key_node, value_node in node.value:
+            key_loc = loc
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                key = loader.construct_object(key_node)
+                key_loc = (*loc, key if type(key) is int else str(key))  # as pydantic's loc
+                if isinstance(key, Hashable) and key in keys:
+                    mark = key_node.start_mark
+                    yield PolicyIssue(
+                        format_path(key_loc),
+                        f"duplicate key {key!r} (line {mark.line + 1}, column {mark.column + 1})",
+                    )
+                elif isinstance(key, Hashable):
+                    keys.add(key)
+            yield from _duplicate_keys(loader, value_node, key_loc, seen)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -12,7 +12,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Identifier = Annotated[
     str,
@@ -252,16 +252,20 @@ class Plan(StrictModel):
         """Whether this plan may serve a request below its margin floor."""
         return InfeasibleAction.ACCEPT in self.on_infeasible
 
-    @model_validator(mode="after")
-    def _chain_well_formed(self) -> Plan:
-        chain = self.on_infeasible
+    @field_validator("on_infeasible")
+    @classmethod
+    def _chain_well_formed(cls, chain: list[InfeasibleAction]) -> list[InfeasibleAction]:
         if len(set(chain)) != len(chain):
             raise ValueError("on_infeasible lists an action twice")
         if chain[-1] not in TERMINAL_ACTIONS:
             raise ValueError("on_infeasible must end with 'throttle' or 'accept'")
         if any(action in TERMINAL_ACTIONS for action in chain[:-1]):
             raise ValueError("on_infeasible has actions after 'throttle' or 'accept'")
-        if InfeasibleAction.SURCHARGE in chain and self.surge_cap <= 1:
+        return chain
+
+    @model_validator(mode="after")
+    def _surcharge_needs_a_cap(self) -> Plan:
+        if InfeasibleAction.SURCHARGE in self.on_infeasible and self.surge_cap <= 1:
             raise ValueError("on_infeasible has 'surcharge' but surge_cap is 1 (no surcharge)")
         if self.max_retry_after_s < self.throttle_retry_after_s:
             raise ValueError("max_retry_after_s is below throttle_retry_after_s")
@@ -289,7 +293,7 @@ class Policy(StrictModel):
         min_length=1, max_length=64, description="Version label of this policy, stamped on meters."
     )
     models: list[ModelSpec] = Field(min_length=1, description="Models that can be served.")
-    routes: dict[str, list[str]] = Field(
+    routes: dict[Identifier, list[str]] = Field(
         default_factory=dict,
         description="Route aliases (e.g. 'auto', tiers): alias -> candidate model ids.",
     )

@@ -1,0 +1,284 @@
+"""Each outcome of the decision, on a small hand-made policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from serve_app.errors import ContextWindowError, ModelNotInPlanError, UnknownModelError
+from serve_app.policy import load_policy_dict
+from serve_app.pricing import (
+    Action,
+    ClusterSnapshot,
+    Infeasibility,
+    ModelLoad,
+    PriceBook,
+    PriceRequest,
+    Reason,
+    ReplicaLoad,
+    decide,
+)
+from serve_app.pricing.price import floor_price_micro, margin, pico_to_micro
+
+
+def _model(model_id: str, tier: int, usd_per_hour: float, cold_start_s: float) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "backend": "simulated",
+        "accelerator": "test",
+        "usd_per_hour": usd_per_hour,
+        "quality_tier": tier,
+        "throughput": {
+            "prefill_tokens_per_s": 1000,
+            "decode_tokens_per_s_at_batch_1": 50,
+            "max_concurrent_sequences": 10,
+            "decode_tokens_per_s_at_max_batch": 400,
+        },
+        "cold_start_s": cold_start_s,
+        "cold_start_amortization_requests": 10,
+        "context_window_tokens": 4096,
+        "max_output_tokens": 1024,
+        "default_output_tokens": 100,
+    }
+
+
+CARD = {"input_usd_per_1m_tokens": 0.5, "output_usd_per_1m_tokens": 5}
+
+
+def _plan(plan_id: str, chain: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": plan_id,
+        "prices_by_tier": {1: CARD, 2: CARD, 3: CARD},
+        "margin_floor": 0.3,
+        "on_infeasible": chain,
+        "sla": {"ttft_target_ms": 1000, "tpot_target_ms": 100, "credit_fraction": 0.1},
+        "limits": {"requests_per_minute": 60, "tokens_per_minute": 10000, "monthly_budget_usd": 5},
+        **extra,
+    }
+
+
+POLICY = {
+    "version": "test",
+    "models": [
+        _model("small", 1, 1.0, 10),
+        _model("mid", 2, 1.5, 10),
+        _model("big", 3, 8.0, 60),
+    ],
+    "routes": {"auto": ["small", "mid", "big"], "top": ["big"]},
+    "plans": [
+        _plan("strict", ["throttle"]),
+        _plan("sub", ["reroute", "throttle"]),
+        _plan("surge", ["surcharge", "throttle"], surge_cap=3.0),
+        _plan("premium", ["accept"]),
+        {**_plan("narrow", ["reroute", "throttle"]), "prices_by_tier": {1: CARD}},
+    ],
+}
+BOOK = PriceBook.from_policy(load_policy_dict(POLICY).policy, "test")
+
+BUSY = ModelLoad((ReplicaLoad(running=8),))  # a fairly full batch: cheap per token
+IDLE = ModelLoad((ReplicaLoad(running=0),))  # an idle replica: dear per token
+SWAMPED = ModelLoad((ReplicaLoad(running=10, queued=200),), mean_service_s=5.0)
+
+
+def _snap(**loads: ModelLoad) -> ClusterSnapshot:
+    return ClusterSnapshot(loads)
+
+
+def _req(model: str = "small", **kw: Any) -> PriceRequest:
+    return PriceRequest(model, input_tokens=kw.pop("input_tokens", 200), **kw)
+
+
+def test_requested_model_feasible_is_allowed() -> None:
+    d = decide(_req(), BOOK, "strict", _snap(small=BUSY))
+    assert (d.action, d.reason, d.model_id) == (Action.ALLOW, Reason.REQUESTED_FEASIBLE, "small")
+    assert d.price_micro == d.candidates[0].price_micro > 0
+    assert d.candidates[0].margin >= 0.3
+
+
+def test_alias_allows_the_feasible_candidate_with_best_margin() -> None:
+    d = decide(_req("auto"), BOOK, "strict", _snap(small=BUSY, mid=BUSY, big=BUSY))
+    assert (d.action, d.reason) == (Action.ALLOW, Reason.BEST_MARGIN)
+    # Same price card for all three; the cheapest hardware has the best margin.
+    assert d.model_id == "small"
+    assert [q.model_id for q in d.candidates] == ["small", "mid", "big"]
+
+
+def test_swamped_requested_model_is_rerouted_to_an_equal_or_better_model() -> None:
+    d = decide(_req(), BOOK, "sub", _snap(small=SWAMPED, mid=BUSY, big=IDLE))
+    assert Infeasibility.TTFT_OVER_SLA in d.candidates[0].reasons
+    assert (d.action, d.reason, d.model_id) == (Action.REROUTE, Reason.REROUTED, "mid")
+    # No surprise costs: never more than the requested model would have cost.
+    assert d.price_micro <= d.candidates[0].price_micro
+
+
+def test_substitute_is_priced_at_most_the_requested_models_price() -> None:
+    book = PriceBook.from_policy(
+        load_policy_dict(
+            {
+                **POLICY,
+                "plans": [
+                    {
+                        **_plan("sub", ["reroute", "throttle"]),
+                        "prices_by_tier": {
+                            1: CARD,
+                            2: {"input_usd_per_1m_tokens": 1, "output_usd_per_1m_tokens": 10},
+                        },
+                    }
+                ],
+            }
+        ).policy
+    )
+    d = decide(_req(), book, "sub", _snap(small=SWAMPED, mid=BUSY))
+    assert d.action is Action.REROUTE
+    assert d.price_micro == d.candidates[0].price_micro
+    # With a price cap, the client agrees to pay the substitute's own price.
+    capped = decide(_req(max_price_micro=10_000), book, "sub", _snap(small=SWAMPED, mid=BUSY))
+    assert capped.action is Action.REROUTE
+    assert capped.price_micro > capped.candidates[0].price_micro
+
+
+def test_without_substitution_only_the_requested_model_is_quoted_and_throttled() -> None:
+    d = decide(_req(), BOOK, "strict", _snap(small=SWAMPED, mid=BUSY))
+    assert [q.model_id for q in d.candidates] == ["small"]
+    assert (d.action, d.reason, d.model_id) == (Action.THROTTLE, Reason.NO_FEASIBLE_CANDIDATE, None)
+    assert d.price_micro == 0
+    q = d.candidates[0]
+    assert d.retry_after_s == pytest.approx(min(q.ttft_s - 1.0, 60.0))
+
+
+def test_reroute_never_picks_a_lower_tier() -> None:
+    d = decide(_req("mid"), BOOK, "sub", _snap(small=BUSY, mid=SWAMPED, big=SWAMPED))
+    assert {q.model_id for q in d.candidates} == {"mid", "big"}
+    assert d.action is Action.THROTTLE
+
+
+def test_surcharge_lifts_the_price_to_the_floor_within_the_clients_cap() -> None:
+    q = decide(_req(), BOOK, "strict", _snap(small=IDLE)).candidates[0]
+    assert q.reasons == (Infeasibility.MARGIN_BELOW_FLOOR,)
+    floor_price = floor_price_micro(q.cost_micro / 1e6, 0.3)
+    d = decide(_req(max_price_micro=floor_price), BOOK, "surge", _snap(small=IDLE))
+    assert (d.action, d.reason, d.model_id) == (Action.SURCHARGE, Reason.SURCHARGED, "small")
+    assert d.price_micro == floor_price
+    assert margin(d.price_micro * 1_000_000, q.cost_micro / 1e6) >= 0.3
+    assert 1 < d.surcharge_multiplier <= 3.0
+
+
+def test_no_surcharge_without_a_price_cap_or_above_it() -> None:
+    no_cap = decide(_req(), BOOK, "surge", _snap(small=IDLE))
+    assert no_cap.action is Action.THROTTLE
+    q = no_cap.candidates[0]
+    low_cap = floor_price_micro(q.cost_micro / 1e6, 0.3) - 1
+    assert low_cap >= q.price_micro  # the cap allows the base price, not the surcharge
+    below = decide(_req(max_price_micro=low_cap), BOOK, "surge", _snap(small=IDLE))
+    assert below.action is Action.THROTTLE
+
+
+def test_premium_accepts_below_floor() -> None:
+    d = decide(_req(), BOOK, "premium", _snap(small=IDLE))
+    assert (d.action, d.reason, d.model_id) == (
+        Action.ACCEPT_BELOW_FLOOR,
+        Reason.ACCEPTED_BELOW_FLOOR,
+        "small",
+    )
+    assert d.chosen is not None
+    assert d.chosen.margin < 0.3
+
+
+def test_premium_accepts_a_late_request_with_the_sla_at_risk() -> None:
+    d = decide(_req(), BOOK, "premium", _snap(small=SWAMPED))
+    assert (d.action, d.reason) == (Action.ACCEPT_BELOW_FLOOR, Reason.ACCEPTED_SLA_AT_RISK)
+
+
+def test_cold_model_quote_includes_start_and_retry_after_is_the_remaining_start() -> None:
+    starting = ModelLoad((ReplicaLoad(warm=False, start_remaining_s=7.0),))
+    d = decide(_req("top"), BOOK, "strict", _snap(big=starting))
+    q = d.candidates[0]
+    assert q.cold_start_remaining_s == 7.0
+    assert q.ttft_s >= 7.0
+    assert (q.warm_replicas, q.starting_replicas) == (0, 1)
+    assert d.action is Action.THROTTLE
+    assert d.retry_after_s == pytest.approx(7.0)
+
+
+def test_scaled_to_zero_model_pays_a_share_of_the_cold_start() -> None:
+    cold = decide(_req("top"), BOOK, "premium", _snap()).candidates[0]
+    warm = decide(_req("top"), BOOK, "premium", _snap(big=IDLE)).candidates[0]
+    share = 8.0 / 3600 * 60 / 10
+    assert cold.cost_micro - warm.cost_micro == pytest.approx(share * 1e6, abs=1)
+    assert cold.ttft_s == pytest.approx(warm.ttft_s + 60)
+
+
+def test_retry_after_is_capped() -> None:
+    d = decide(_req("top"), BOOK, "strict", _snap())
+    assert d.retry_after_s == 60.0
+
+
+def test_failure_rate_raises_expected_cost() -> None:
+    healthy = decide(_req(), BOOK, "strict", _snap(small=BUSY)).candidates[0]
+    flaky = ModelLoad(BUSY.replicas, failure_rate=0.5)
+    failing = decide(_req(), BOOK, "strict", _snap(small=flaky)).candidates[0]
+    assert failing.cost_micro == pytest.approx(2 * healthy.cost_micro, abs=1)
+
+
+def test_unavailable_model_gives_no_capacity() -> None:
+    down = ModelLoad(BUSY.replicas, available=False)
+    d = decide(_req(), BOOK, "strict", _snap(small=down))
+    assert d.candidates[0].reasons[0] is Infeasibility.NO_CAPACITY
+    assert (d.action, d.reason, d.retry_after_s) == (Action.THROTTLE, Reason.NO_CAPACITY, None)
+
+
+def test_price_cap_below_the_price_refuses_with_its_reason() -> None:
+    d = decide(_req(max_price_micro=1), BOOK, "premium", _snap(small=BUSY))
+    assert Infeasibility.OVER_PRICE_CAP in d.candidates[0].reasons
+    assert (d.action, d.reason) == (Action.THROTTLE, Reason.PRICE_CAP_EXCEEDED)
+
+
+def test_output_tokens_are_predicted_from_history_and_capped_by_max_tokens() -> None:
+    def predicted(**kw: Any) -> int:
+        return (
+            decide(_req(**kw), BOOK, "premium", _snap(small=BUSY))
+            .candidates[0]
+            .predicted_output_tokens
+        )
+
+    assert predicted() == 100  # the model's default
+    assert predicted(max_tokens=40) == 40
+    assert predicted(output_history={"small": 300.4}) == 300
+    assert predicted(output_history={"small": 300.4}, max_tokens=250) == 250
+
+
+def test_worst_case_price_uses_max_tokens() -> None:
+    q = decide(_req(max_tokens=500), BOOK, "premium", _snap(small=BUSY)).candidates[0]
+    assert q.worst_case_price_micro == pico_to_micro(200 * 500_000 + 500 * 5_000_000)
+    assert q.price_micro == pico_to_micro(200 * 500_000 + 100 * 5_000_000)
+
+
+def test_price_rounds_half_up_to_whole_micro_usd() -> None:
+    assert pico_to_micro(499_999) == 0
+    assert pico_to_micro(500_000) == 1
+    assert pico_to_micro(1_499_999) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "plan", "error"),
+    [
+        ("nope", "strict", UnknownModelError),
+        ("mid", "narrow", ModelNotInPlanError),
+        ("top", "narrow", ModelNotInPlanError),
+    ],
+)
+def test_requests_that_cannot_be_priced_raise_domain_errors(
+    model: str, plan: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        decide(_req(model), BOOK, plan, _snap())
+
+
+def test_prompt_beyond_every_context_window_is_a_client_error() -> None:
+    with pytest.raises(ContextWindowError, match="context window"):
+        decide(_req("auto", input_tokens=5000), BOOK, "strict", _snap())
+    with pytest.raises(ContextWindowError):
+        decide(_req(input_tokens=4000, max_tokens=200), BOOK, "sub", _snap(small=BUSY))
+    fits = decide(_req(input_tokens=4000, max_tokens=96), BOOK, "sub", _snap(small=BUSY))
+    assert Infeasibility.CONTEXT_WINDOW_EXCEEDED not in fits.candidates[0].reasons
