@@ -29,15 +29,10 @@ from serve_app.errors import ContextWindowError, ModelNotInPlanError, UnknownMod
 from serve_app.policy.schema import InfeasibleAction
 from serve_app.pricing.book import ModelProfile, PlanTerms, PriceBook
 from serve_app.pricing.cost import estimate
-from serve_app.pricing.price import (
-    PICO_PER_MICRO,
-    floor_price_micro,
-    margin,
-    pico_to_micro,
-    price_pico,
-)
+from serve_app.pricing.price import PICO_PER_MICRO, floor_price_micro, margin, pico_to_micro
 from serve_app.pricing.types import (
     HARD_INFEASIBILITIES,
+    NO_REPLICAS,
     Action,
     CandidateQuote,
     ClusterSnapshot,
@@ -138,61 +133,65 @@ def quote(
 
     `price_ceiling_micro` (expected, worst case) caps the price of a substitute model.
     """
-    load = snapshot.load(model.id)
+    load = snapshot.models.get(model.id, NO_REPLICAS)
     rates = plan.rates[model.id]
     input_tokens = request.input_tokens
-    output_cap = min(
-        request.max_tokens or model.max_output_tokens,
-        model.max_output_tokens,
-        max(1, model.context_window_tokens - input_tokens),
-    )
-    history = request.output_history.get(model.id)
-    predicted = model.default_output_tokens if history is None else round(history)
-    output_tokens = max(1, min(predicted, output_cap))
+    max_tokens = request.max_tokens
+    output_cap = model.max_output_tokens
+    if max_tokens is not None and max_tokens < output_cap:
+        output_cap = max_tokens
+    room = model.context_window_tokens - input_tokens
+    if room < output_cap:
+        output_cap = room if room > 1 else 1
+    history = request.output_history.get(model.id) if request.output_history else None
+    output_tokens = model.default_output_tokens if history is None else round(history)
+    if output_tokens > output_cap:
+        output_tokens = output_cap
+    if output_tokens < 1:
+        output_tokens = 1
 
     est = estimate(model, load, input_tokens, output_tokens)
-    pico = price_pico(rates, input_tokens, output_tokens)
-    worst_case = pico_to_micro(price_pico(rates, input_tokens, output_cap))
-    if price_ceiling_micro is not None and pico > price_ceiling_micro[0] * PICO_PER_MICRO:
-        pico = price_ceiling_micro[0] * PICO_PER_MICRO
+    in_rate, out_rate = rates.input_micro_per_1m, rates.output_micro_per_1m
+    pico = input_tokens * in_rate + output_tokens * out_rate
+    worst_case = pico_to_micro(input_tokens * in_rate + output_cap * out_rate)
     if price_ceiling_micro is not None:
+        pico = min(pico, price_ceiling_micro[0] * PICO_PER_MICRO)
         worst_case = min(worst_case, price_ceiling_micro[1])
     price = pico_to_micro(pico)
     gross_margin = margin(pico, est.cost_usd)
 
-    reasons: list[Infeasibility] = []
-    if input_tokens + (request.max_tokens or 1) > model.context_window_tokens:
-        reasons.append(Infeasibility.CONTEXT_WINDOW_EXCEEDED)
+    reasons: tuple[Infeasibility, ...] = ()
+    if input_tokens + (max_tokens or 1) > model.context_window_tokens:
+        reasons += (Infeasibility.CONTEXT_WINDOW_EXCEEDED,)
     if not load.available:
-        reasons.append(Infeasibility.NO_CAPACITY)
+        reasons += (Infeasibility.NO_CAPACITY,)
     if est.ttft_s > plan.ttft_target_s:
-        reasons.append(Infeasibility.TTFT_OVER_SLA)
+        reasons += (Infeasibility.TTFT_OVER_SLA,)
     if est.tpot_s > plan.tpot_target_s:
-        reasons.append(Infeasibility.TPOT_OVER_SLA)
+        reasons += (Infeasibility.TPOT_OVER_SLA,)
     if request.max_price_micro is not None and price > request.max_price_micro:
-        reasons.append(Infeasibility.OVER_PRICE_CAP)
+        reasons += (Infeasibility.OVER_PRICE_CAP,)
     if gross_margin < plan.margin_floor:
-        reasons.append(Infeasibility.MARGIN_BELOW_FLOOR)
+        reasons += (Infeasibility.MARGIN_BELOW_FLOOR,)
 
-    warm = sum(1 for r in load.replicas if r.warm)
     return CandidateQuote(
-        model_id=model.id,
-        quality_tier=model.quality_tier,
-        input_tokens=input_tokens,
-        predicted_output_tokens=output_tokens,
-        ttft_s=est.ttft_s,
-        tpot_s=est.tpot_s,
-        total_s=est.total_s,
-        cost_micro=round(est.cost_usd * 1e6),
-        price_micro=price,
-        worst_case_price_micro=worst_case,
-        margin=gross_margin,
-        reasons=tuple(reasons),
-        queue_ahead=est.queue_ahead,
-        batch=est.batch,
-        warm_replicas=warm,
-        starting_replicas=len(load.replicas) - warm,
-        cold_start_remaining_s=est.cold_start_remaining_s,
+        model.id,
+        model.quality_tier,
+        input_tokens,
+        output_tokens,
+        est.ttft_s,
+        est.tpot_s,
+        est.total_s,
+        round(est.cost_usd * 1e6),
+        price,
+        worst_case,
+        gross_margin,
+        reasons,
+        est.queue_ahead,
+        est.batch,
+        est.warm_replicas,
+        len(load.replicas) - est.warm_replicas,
+        est.cold_start_remaining_s,
     )
 
 
