@@ -1,0 +1,111 @@
+"""`build_app(args)`: validate, then bind one ingress and one deployment per model.
+
+It is the import path for `serve run` / `serve deploy` (`serve_app.builder:build_app`,
+see serve_config.yaml) and what `rtcts run` and the tests deploy.
+
+Per model deployment, from the policy: autoscaling bounds (min_replicas 0 scales to
+zero), `target_ongoing_requests`, and `max_ongoing_requests` = 2 x the model's max
+concurrent sequences (a full batch plus an equal queue on the replica, which the
+replica reports; beyond that requests wait at the caller's handle, which the
+ingress counts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+from ray.serve import Application
+
+from serve_app.errors import PolicyError, PolicyIssue
+from serve_app.ingress.app import Ingress
+from serve_app.models.deployment import ModelServer
+from serve_app.policy import LoadedPolicy, load_policy_dict, load_policy_file
+from serve_app.policy.schema import BackendKind
+
+DEFAULT_APP_NAME = "rtcts"
+SUPPORTED_BACKENDS = frozenset({BackendKind.SIMULATED, BackendKind.OPENAI_UPSTREAM})
+
+
+class AppArgs(BaseModel):
+    """Arguments of `build_app` (the `args:` of a Serve config file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy_path: str | None = Field(
+        default=None, description="Policy file; exactly one of policy_path and policy."
+    )
+    policy: dict[str, Any] | None = Field(default=None, description="Policy as a dict.")
+    app_name: str = Field(
+        default=DEFAULT_APP_NAME, description="Serve application name the app is deployed as."
+    )
+    time_scale: float = Field(
+        default=1.0, ge=0, description="Simulated models run this much slower (1 = real time)."
+    )
+    failure_rate: float = Field(
+        default=0.0, ge=0, lt=1, description="Simulated models fail this share of requests."
+    )
+    ingress_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
+    ingress_max_ongoing_requests: int = Field(
+        default=1024, ge=1, description="Concurrent requests per ingress replica."
+    )
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> AppArgs:
+        if (self.policy_path is None) == (self.policy is None):
+            raise ValueError("give exactly one of policy_path and policy")
+        return self
+
+    def load_policy(self) -> LoadedPolicy:
+        if self.policy is not None:
+            return load_policy_dict(self.policy)
+        assert self.policy_path is not None
+        return load_policy_file(Path(self.policy_path))
+
+
+def build_app(args: dict[str, Any] | AppArgs) -> Application:
+    """Validate everything first, then bind the deployments of the policy."""
+    app_args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    loaded = app_args.load_policy()
+    unsupported = [
+        PolicyIssue(f"models[{i}].backend", f"backend '{m.backend.value}' is not supported yet")
+        for i, m in enumerate(loaded.policy.models)
+        if m.backend not in SUPPORTED_BACKENDS
+    ]
+    if unsupported:
+        raise PolicyError(loaded.source, unsupported)
+
+    handles = {}
+    for spec in loaded.policy.models:
+        scaling = spec.autoscaling
+        handles[spec.id] = (
+            serve.deployment(ModelServer)  # type: ignore[attr-defined]
+            .options(
+                name=spec.id,
+                max_ongoing_requests=2 * spec.throughput.max_concurrent_sequences,
+                autoscaling_config={
+                    "min_replicas": scaling.min_replicas,
+                    "initial_replicas": scaling.min_replicas,
+                    "max_replicas": scaling.max_replicas,
+                    "target_ongoing_requests": scaling.target_ongoing_requests,
+                    "upscale_delay_s": 0.5,
+                    "downscale_delay_s": 60.0,
+                },
+                ray_actor_options={"num_cpus": 0},
+                health_check_period_s=2,
+            )
+            .bind(spec.model_dump(mode="json"), app_args.time_scale, app_args.failure_rate)
+        )
+    ingress = Ingress.options(  # type: ignore[attr-defined]
+        num_replicas=app_args.ingress_replicas,
+        max_ongoing_requests=app_args.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    )
+    return ingress.bind(  # type: ignore[no-any-return]
+        loaded.policy.model_dump(mode="json"), handles, app_args.app_name, loaded.source
+    )
+
+
+__all__ = ["AppArgs", "build_app"]

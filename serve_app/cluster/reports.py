@@ -1,0 +1,26 @@
+"""What a model replica reports about itself, several times a second."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """Live load and recent health of one model replica.
+
+    `reported_at` is the replica's wall clock (`time.time()`); the registry drops a
+    replica whose last report is older than its expiry, so a dead replica stops
+    counting within about a second.
+    """
+
+    model_id: str
+    replica_id: str
+    running: int
+    queued: int
+    warm: bool
+    start_remaining_s: float
+    reported_at: float
+    mean_service_s: float | None = None
+    failure_rate: float = 0.0
+    kv_cache_usage: float | None = None

@@ -1,0 +1,110 @@
+"""Build the pricing core's `ClusterSnapshot` from what the ingress knows (pure).
+
+Three sources, each with its own freshness:
+- replica reports from the load registry (≈100-200 ms old): batch, queue, warm/cold;
+- deployment states from the Serve controller (≤ 1 s old): replicas RUNNING/STARTING
+  and the autoscaler's target;
+- the ingress's own in-flight count per model (exact, immediate).
+
+Rules: a replica the controller lists but that has not reported yet is warm and idle
+if RUNNING, else cold with the cold start it has left; a target above the live
+replicas adds cold replicas (a scale-up the autoscaler decided); a replica that reports
+but the controller does not list yet is taken as reported. In-flight requests beyond
+what the replicas report (sent since their last report, or waiting at the handle for a
+replica to start) are queued on the least loaded replicas, or on a new cold replica
+when there is none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from serve_app.cluster.reports import ReplicaReport
+from serve_app.cluster.serve_adapter import DeploymentInfo
+from serve_app.pricing.types import ClusterSnapshot, ModelLoad, ReplicaLoad
+
+UNAVAILABLE_STATUSES = frozenset({"DEPLOY_FAILED"})
+
+
+@dataclass(slots=True)
+class _Replica:
+    running: int
+    queued: int
+    warm: bool
+    start_remaining_s: float
+
+    def frozen(self) -> ReplicaLoad:
+        return ReplicaLoad(self.running, self.queued, self.warm, self.start_remaining_s)
+
+
+def build_snapshot(
+    cold_start_s: Mapping[str, float],
+    reports: Iterable[ReplicaReport],
+    deployments: Mapping[str, DeploymentInfo] | None,
+    in_flight: Mapping[str, int],
+    now: float,
+) -> ClusterSnapshot:
+    """The pricing snapshot of every model in `cold_start_s` (model id -> cold start)."""
+    by_model: dict[str, dict[str, ReplicaReport]] = {}
+    for report in reports:
+        by_model.setdefault(report.model_id, {})[report.replica_id] = report
+    models: dict[str, ModelLoad] = {}
+    for model_id, full_start_s in cold_start_s.items():
+        reported = by_model.get(model_id, {})
+        deployment = None if deployments is None else deployments.get(model_id)
+        replicas = _replicas(reported, deployment, full_start_s, now)
+        _queue_unreported(replicas, in_flight.get(model_id, 0), full_start_s)
+        services = [r.mean_service_s for r in reported.values() if r.mean_service_s]
+        failures = [r.failure_rate for r in reported.values()]
+        models[model_id] = ModelLoad(
+            replicas=tuple(r.frozen() for r in replicas),
+            failure_rate=sum(failures) / len(failures) if failures else 0.0,
+            mean_service_s=sum(services) / len(services) if services else None,
+            available=deployment is None or deployment.status not in UNAVAILABLE_STATUSES,
+        )
+    return ClusterSnapshot(models)
+
+
+def _replicas(
+    reported: Mapping[str, ReplicaReport],
+    deployment: DeploymentInfo | None,
+    full_start_s: float,
+    now: float,
+) -> list[_Replica]:
+    replicas: list[_Replica] = []
+    listed: set[str] = set()
+    if deployment is not None:
+        for info in deployment.replicas:
+            listed.add(info.replica_id)
+            report = reported.get(info.replica_id)
+            if report is not None:
+                replicas.append(_from_report(report, now))
+            elif info.state == "RUNNING":
+                replicas.append(_Replica(0, 0, True, 0.0))
+            else:
+                elapsed = now - info.start_time_s if info.start_time_s > 0 else 0.0
+                replicas.append(_Replica(0, 0, False, max(0.0, full_start_s - elapsed)))
+    replicas += [_from_report(r, now) for rid, r in reported.items() if rid not in listed]
+    if deployment is not None:
+        pending = deployment.target_replicas - len(replicas)
+        replicas += [_Replica(0, 0, False, full_start_s) for _ in range(max(0, pending))]
+    return replicas
+
+
+def _from_report(report: ReplicaReport, now: float) -> _Replica:
+    remaining = 0.0
+    if not report.warm:
+        remaining = max(0.0, report.start_remaining_s - max(0.0, now - report.reported_at))
+    return _Replica(report.running, report.queued, report.warm, remaining)
+
+
+def _queue_unreported(replicas: list[_Replica], in_flight: int, full_start_s: float) -> None:
+    excess = in_flight - sum(r.running + r.queued for r in replicas)
+    if excess <= 0:
+        return
+    if not replicas:
+        replicas.append(_Replica(0, 0, False, full_start_s))
+    for _ in range(excess):
+        least = min(replicas, key=lambda r: (not r.warm, r.running + r.queued))
+        least.queued += 1

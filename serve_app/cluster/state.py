@@ -1,0 +1,147 @@
+"""The live cluster state inside an ingress replica, refreshed in the background.
+
+Never a remote call on the request path: two background tasks refresh replica load
+from the registry (every 100 ms) and deployment states from the controller (every
+second); `snapshot()` combines them with the exact in-flight counts of this ingress.
+A failed refresh keeps the last good view (logged once per outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from serve_app.cluster.reports import ReplicaReport
+from serve_app.cluster.serve_adapter import DeploymentInfo
+from serve_app.cluster.snapshot import build_snapshot
+from serve_app.pricing.types import ClusterSnapshot
+
+logger = logging.getLogger("rtcts.cluster")
+
+LOAD_PERIOD_S = 0.1
+REPLICA_PERIOD_S = 1.0
+
+
+class ClusterState:
+    """Live state of the models of one application, as seen by one ingress replica."""
+
+    def __init__(
+        self,
+        cold_start_s: Mapping[str, float],
+        fetch_reports: Callable[[], Awaitable[list[ReplicaReport]]],
+        fetch_deployments: Callable[[], Awaitable[dict[str, DeploymentInfo]]],
+        *,
+        clock: Callable[[], float] = time.time,
+        load_period_s: float = LOAD_PERIOD_S,
+        replica_period_s: float = REPLICA_PERIOD_S,
+    ) -> None:
+        self._cold_start_s = dict(cold_start_s)
+        self._fetch_reports = fetch_reports
+        self._fetch_deployments = fetch_deployments
+        self._clock = clock
+        self._periods = (load_period_s, replica_period_s)
+        self._reports: list[ReplicaReport] = []
+        self._deployments: dict[str, DeploymentInfo] | None = None
+        self._in_flight: Counter[str] = Counter()
+        self._cached: ClusterSnapshot | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.refreshed_at = (0.0, 0.0)
+        """Clock time of the last good load and replica refresh."""
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._every(self._periods[0], self.refresh_load, "load")),
+            loop.create_task(self._every(self._periods[1], self.refresh_replicas, "replicas")),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def refresh_load(self) -> None:
+        self._reports = await self._fetch_reports()
+        self._cached = None
+        self.refreshed_at = (self._clock(), self.refreshed_at[1])
+
+    async def refresh_replicas(self) -> None:
+        self._deployments = await self._fetch_deployments()
+        self._cached = None
+        self.refreshed_at = (self.refreshed_at[0], self._clock())
+
+    def begin(self, model_id: str) -> None:
+        """A request was sent to `model_id` (exact, immediate)."""
+        self._in_flight[model_id] += 1
+        self._cached = None
+
+    def end(self, model_id: str) -> None:
+        """A request to `model_id` finished, however it ended."""
+        self._in_flight[model_id] -= 1
+        self._cached = None
+
+    def snapshot(self) -> ClusterSnapshot:
+        if self._cached is None:
+            self._cached = build_snapshot(
+                self._cold_start_s, self._reports, self._deployments, self._in_flight, self._clock()
+            )
+        return self._cached
+
+    def view(self) -> dict[str, Any]:
+        """Raw state per model, for `/v1/cluster`."""
+        reports: dict[str, list[ReplicaReport]] = {}
+        for report in self._reports:
+            reports.setdefault(report.model_id, []).append(report)
+        result: dict[str, Any] = {}
+        for model_id in self._cold_start_s:
+            deployment = (self._deployments or {}).get(model_id)
+            result[model_id] = {
+                "status": deployment.status if deployment else "UNKNOWN",
+                "target_replicas": deployment.target_replicas if deployment else None,
+                "running_replicas": deployment.running if deployment else None,
+                "starting_replicas": deployment.starting if deployment else None,
+                "in_flight_here": self._in_flight[model_id],
+                "replicas": [
+                    {
+                        "replica_id": r.replica_id,
+                        "warm": r.warm,
+                        "running": r.running,
+                        "queued": r.queued,
+                        "start_remaining_s": round(r.start_remaining_s, 3),
+                        "mean_service_s": r.mean_service_s,
+                        "failure_rate": r.failure_rate,
+                        "kv_cache_usage": r.kv_cache_usage,
+                        "age_s": round(max(0.0, self._clock() - r.reported_at), 3),
+                    }
+                    for r in sorted(reports.get(model_id, []), key=lambda r: r.replica_id)
+                ],
+            }
+        return result
+
+    async def _every(
+        self, period_s: float, refresh: Callable[[], Awaitable[None]], what: str
+    ) -> None:
+        failing = False
+        while True:
+            try:
+                await refresh()
+                if failing:
+                    logger.info("cluster %s refresh recovered", what)
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not failing:
+                    logger.warning(
+                        "cluster %s refresh failed; keeping the last view", what, exc_info=True
+                    )
+                failing = True
+            await asyncio.sleep(period_s)

@@ -1,0 +1,112 @@
+"""The HTTP edge: a FastAPI app inside a Serve deployment. Routes are thin; the work is
+in `service.py`.
+
+    POST /v1/chat/completions   OpenAI chat completions, streamed or not, priced
+    POST /v1/quote              the same body: the decision and every candidate, nothing run
+    GET  /v1/models             models and aliases of the caller's plan, with prices
+    GET  /v1/cluster            live state and current cost per 1M tokens per model
+    GET  /healthz               liveness and freshness of the live state
+
+The API key is checked before the body is parsed, so an unauthenticated caller learns
+nothing about the API but 401.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures.
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+
+from serve_app.cluster.registry import get_or_create_registry
+from serve_app.cluster.reports import ReplicaReport
+from serve_app.cluster.serve_adapter import ServeControllerAdapter
+from serve_app.cluster.state import ClusterState
+from serve_app.ingress import errors
+from serve_app.ingress.protocol import ChatCompletionRequest
+from serve_app.ingress.service import ChatService
+from serve_app.metering.meter import MemorySink
+from serve_app.policy import load_policy_dict
+from serve_app.policy.schema import Tenant
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+app = FastAPI(title="rtcts", description="Real-Time Cost-to-Serve LLM gateway", docs_url=None)
+errors.install_error_handlers(app)
+app.add_middleware(errors.BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    """The ingress deployment; the builder binds it with the policy and model handles."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self,
+        policy: dict[str, Any],
+        handles: dict[str, Any],
+        app_name: str,
+        policy_source: str = "<policy>",
+    ) -> None:
+        loaded = load_policy_dict(policy, source=policy_source)
+        registry = get_or_create_registry()
+        adapter = ServeControllerAdapter(app_name)
+
+        async def fetch_reports() -> list[ReplicaReport]:
+            reports: list[ReplicaReport] = await registry.snapshot.remote()
+            return reports
+
+        state = ClusterState(
+            {m.id: m.cold_start_s for m in loaded.policy.models},
+            fetch_reports,
+            adapter.deployments,
+        )
+        state.start()
+        self.service = ChatService(loaded, state, handles, MemorySink())
+
+    async def _tenant_and_body(self, request: Request) -> tuple[Tenant, ChatCompletionRequest]:
+        tenant = self.service.authenticate(request.headers.get("authorization"))
+        raw = await request.body()
+        try:
+            body = ChatCompletionRequest.model_validate_json(raw or b"null")
+        except ValidationError as exc:
+            raise errors.validation_error(exc.errors()) from None
+        return tenant, body
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        tenant, body = await self._tenant_and_body(request)
+        return await self.service.chat(tenant, body)
+
+    @app.post("/v1/quote")
+    async def quote(self, request: Request) -> JSONResponse:
+        tenant, body = await self._tenant_and_body(request)
+        return JSONResponse(self.service.quote(tenant, body))
+
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        tenant = self.service.authenticate(request.headers.get("authorization"))
+        return JSONResponse(self.service.models(tenant).model_dump(mode="json", exclude_none=True))
+
+    @app.get("/v1/cluster")
+    async def cluster(self, request: Request) -> JSONResponse:
+        tenant = self.service.authenticate(request.headers.get("authorization"))
+        return JSONResponse(self.service.cluster(tenant))
+
+    @app.get("/healthz")
+    async def healthz(self) -> JSONResponse:
+        load_at, replicas_at = self.service.state.refreshed_at
+        now = time.time()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "policy_version": self.service.policy.version,
+                "load_age_s": round(now - load_at, 3) if load_at else None,
+                "replicas_age_s": round(now - replicas_at, 3) if replicas_at else None,
+            }
+        )
+
+    async def __del__(self) -> None:
+        await self.service.state.stop()

@@ -1,0 +1,492 @@
+"""The serving logic behind the HTTP routes: authenticate, price, route, serve, meter.
+
+Routes (`app.py`) stay thin; everything here is plain async Python with its parts
+injected (policy, cluster state, model handles, meter sink), so it can be read
+top to bottom:
+
+    chat:  auth -> count prompt tokens -> decide (pure, on the live snapshot)
+           -> throttle / 402 / 503, or call the chosen model (in-flight counted)
+           -> bill the verified tokens and latency -> meter -> response
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from serve_app.cluster.state import ClusterState
+from serve_app.ingress import errors
+from serve_app.ingress.auth import TenantDirectory
+from serve_app.ingress.history import OutputHistory
+from serve_app.ingress.protocol import (
+    SSE_DONE,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+    sse,
+)
+from serve_app.metering.meter import Meter, MeterSink, new_meter_id
+from serve_app.models.backend import BackendError, Completion, Delta, GenerationRequest
+from serve_app.models.tokens import count_chat_tokens
+from serve_app.policy import LoadedPolicy, Tenant
+from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide, quote
+from serve_app.pricing.billing import Bill, bill
+from serve_app.pricing.types import CandidateQuote
+
+logger = logging.getLogger("rtcts.ingress")
+
+REFERENCE_TOKENS = 1000
+"""`/v1/cluster` prices a request of 1000 prompt and 1000 output tokens per model."""
+
+
+class ModelHandle(Protocol):
+    """The part of a Serve DeploymentHandle the service uses (a seam for tests)."""
+
+    def options(self, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A finished generation, however it was delivered."""
+
+    input_tokens: int
+    output_tokens: int
+    ttft_s: float
+    total_s: float
+
+    @property
+    def tpot_s(self) -> float:
+        return (
+            (self.total_s - self.ttft_s) / (self.output_tokens - 1)
+            if self.output_tokens > 1
+            else 0.0
+        )
+
+
+class ChatService:
+    """Everything the ingress does per request, for one policy version."""
+
+    def __init__(
+        self,
+        policy: LoadedPolicy,
+        state: ClusterState,
+        handles: Mapping[str, ModelHandle],
+        sink: MeterSink,
+    ) -> None:
+        self.policy = policy
+        self.book = PriceBook.from_policy(policy.policy, policy.version)
+        self.state = state
+        self.tenants = TenantDirectory(policy.policy.tenants)
+        self._handles = dict(handles)
+        self._sink = sink
+        self._history = OutputHistory()
+        self._credit = {p.id: Fraction(p.sla.credit_fraction) for p in policy.policy.plans}
+
+    # ------------------------------------------------------------------ auth, price
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        tenant = self.tenants.authenticate(authorization)
+        if tenant is None:
+            raise errors.unauthorized()
+        return tenant
+
+    def decide(self, tenant: Tenant, body: ChatCompletionRequest) -> tuple[PriceRequest, Decision]:
+        request = PriceRequest(
+            model=body.model,
+            input_tokens=count_chat_tokens(body.to_messages()),
+            max_tokens=body.output_cap(),
+            output_history=self._history.of(tenant.id),
+            max_price_micro=body.price_cap_micro(),
+        )
+        return request, decide(request, self.book, tenant.plan, self.state.snapshot())
+
+    def quote(self, tenant: Tenant, body: ChatCompletionRequest) -> dict[str, Any]:
+        request, decision = self.decide(tenant, body)
+        return decision_json(decision, request)
+
+    # ------------------------------------------------------------------ chat
+
+    async def chat(
+        self, tenant: Tenant, body: ChatCompletionRequest
+    ) -> JSONResponse | StreamingResponse:
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        price_request, decision = self.decide(tenant, body)
+        if decision.model_id is None or decision.chosen is None:
+            raise _refusal(decision)
+        model = self.book.models[decision.model_id]
+        output_cap = min(
+            body.output_cap() or model.max_output_tokens,
+            model.max_output_tokens,
+            max(1, model.context_window_tokens - price_request.input_tokens),
+        )
+        generation = GenerationRequest(
+            request_id=request_id,
+            messages=body.to_messages(),
+            max_tokens=output_cap,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop_sequences(),
+            seed=body.seed,
+        )
+        headers = quote_headers(request_id, decision)
+        if body.stream:
+            return StreamingResponse(
+                self._stream(tenant, body, decision, generation),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+            )
+        completion = await self._generate(tenant, body, decision, generation)
+        verified = Served(
+            completion.input_tokens, completion.output_tokens, completion.ttft_s, completion.total_s
+        )
+        the_bill = self._settle(tenant, body, decision, request_id, verified)
+        response = ChatCompletionResponse(
+            id=request_id,
+            created=int(time.time()),
+            model=decision.model_id,
+            choices=[
+                Choice(
+                    message=ResponseMessage(content=completion.text),
+                    finish_reason=completion.finish_reason,
+                )
+            ],
+            usage=Usage.of(completion.input_tokens, completion.output_tokens),
+            rtcts=verified_json(decision, the_bill, verified),
+        )
+        headers.update(bill_headers(decision.chosen, the_bill))
+        return JSONResponse(response.model_dump(mode="json", exclude_none=True), headers=headers)
+
+    async def _generate(
+        self,
+        tenant: Tenant,
+        body: ChatCompletionRequest,
+        decision: Decision,
+        generation: GenerationRequest,
+    ) -> Completion:
+        model_id = decision.model_id or ""
+        handle = self._handles[model_id].options(method_name="generate")
+        self.state.begin(model_id)
+        try:
+            result: Completion = await handle.remote(generation)
+            return result
+        except BaseException as exc:
+            self._fail(tenant, body, decision, generation.request_id, exc)
+            raise _served_error(exc) from None
+        finally:
+            self.state.end(model_id)
+
+    async def _stream(
+        self,
+        tenant: Tenant,
+        body: ChatCompletionRequest,
+        decision: Decision,
+        generation: GenerationRequest,
+    ) -> AsyncIterator[bytes]:
+        model_id = decision.model_id or ""
+        request_id = generation.request_id
+        created = int(time.time())
+
+        def chunk(**fields: Any) -> bytes:
+            return sse(
+                ChatCompletionChunk(id=request_id, created=created, model=model_id, **fields)
+            )
+
+        handle = self._handles[model_id].options(method_name="stream", stream=True)
+        self.state.begin(model_id)
+        started = time.monotonic()
+        first_token_at: float | None = None
+        last: Delta | None = None
+        try:
+            yield chunk(choices=[ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
+            async for delta in handle.remote(generation):
+                if first_token_at is None:
+                    first_token_at = time.monotonic()
+                last = delta
+                if delta.text:
+                    yield chunk(choices=[ChunkChoice(delta=ChunkDelta(content=delta.text))])
+            if last is None or last.finish_reason is None:
+                raise BackendError("the stream ended without a finish reason")
+        except BaseException as exc:
+            self._fail(tenant, body, decision, request_id, exc)
+            if isinstance(exc, Exception):
+                yield _served_error(exc).to_sse()
+                return
+            raise
+        finally:
+            self.state.end(model_id)
+        ended = time.monotonic()
+        verified = Served(
+            last.input_tokens or 0,
+            last.output_tokens or 0,
+            (first_token_at or ended) - started,
+            ended - started,
+        )
+        the_bill = self._settle(tenant, body, decision, request_id, verified)
+        yield chunk(choices=[ChunkChoice(delta=ChunkDelta(), finish_reason=last.finish_reason)])
+        rtcts = verified_json(decision, the_bill, verified)
+        if body.include_usage():
+            yield chunk(
+                choices=[],
+                usage=Usage.of(verified.input_tokens, verified.output_tokens),
+                rtcts=rtcts,
+            )
+        else:
+            yield chunk(choices=[], rtcts=rtcts)
+        yield SSE_DONE
+
+    # ------------------------------------------------------------------ meters
+
+    def _settle(
+        self,
+        tenant: Tenant,
+        body: ChatCompletionRequest,
+        decision: Decision,
+        request_id: str,
+        served: Served,
+    ) -> Bill:
+        chosen = decision.chosen
+        assert chosen is not None  # only served requests are settled
+        the_bill = bill(
+            decision,
+            self.book.plans[tenant.plan],
+            input_tokens=served.input_tokens,
+            output_tokens=served.output_tokens,
+            ttft_s=served.ttft_s,
+            tpot_s=served.tpot_s,
+            credit_fraction=self._credit[tenant.plan],
+            max_price_micro=body.price_cap_micro(),
+        )
+        self._history.observe(tenant.id, chosen.model_id, served.output_tokens)
+        self._sink.emit(
+            self._meter(tenant, body, decision, request_id, served, the_bill, failure=None)
+        )
+        return the_bill
+
+    def _fail(
+        self,
+        tenant: Tenant,
+        body: ChatCompletionRequest,
+        decision: Decision,
+        request_id: str,
+        exc: BaseException,
+    ) -> None:
+        """A served request failed or was cancelled: a non-billable meter, never a charge."""
+        failure = "cancelled" if not isinstance(exc, Exception) else type(exc).__name__
+        logger.warning("request %s on %s failed: %s", request_id, decision.model_id, failure)
+        self._sink.emit(
+            self._meter(tenant, body, decision, request_id, None, None, failure=failure)
+        )
+
+    def _meter(
+        self,
+        tenant: Tenant,
+        body: ChatCompletionRequest,
+        decision: Decision,
+        request_id: str,
+        served: Served | None,
+        the_bill: Bill | None,
+        failure: str | None,
+    ) -> Meter:
+        chosen = decision.chosen
+        return Meter(
+            meter_id=new_meter_id(),
+            request_id=request_id,
+            tenant_id=tenant.id,
+            stripe_customer_id=tenant.stripe_customer_id,
+            plan_id=tenant.plan,
+            requested_model=body.model,
+            served_model=decision.model_id or "",
+            decision=decision.action.value,
+            input_tokens=served.input_tokens if served else 0,
+            output_tokens=served.output_tokens if served else 0,
+            ttft_ms=round(served.ttft_s * 1000, 3) if served else 0.0,
+            total_ms=round(served.total_s * 1000, 3) if served else 0.0,
+            sla_met=the_bill.sla_met if the_bill else False,
+            cost_micro=chosen.cost_micro if chosen and served else 0,
+            list_price_micro=the_bill.list_price_micro if the_bill else 0,
+            credit_micro=the_bill.credit_micro if the_bill else 0,
+            billed_micro=the_bill.billed_micro if the_bill else 0,
+            billable=the_bill is not None,
+            policy_version=decision.policy_version,
+            ended_at_ms=int(time.time() * 1000),
+            failure=failure,
+        )
+
+    # ------------------------------------------------------------------ read-only views
+
+    def models(self, tenant: Tenant) -> ModelList:
+        plan = self.book.plans[tenant.plan]
+        created = int(time.time())
+        cards = [
+            ModelCard(
+                id=model_id,
+                created=created,
+                pricing={
+                    "input_usd_per_1m_tokens": _usd(rates.input_micro_per_1m),
+                    "output_usd_per_1m_tokens": _usd(rates.output_micro_per_1m),
+                    "quality_tier": self.book.models[model_id].quality_tier,
+                },
+            )
+            for model_id, rates in plan.rates.items()
+        ]
+        cards += [
+            ModelCard(
+                id=alias,
+                created=created,
+                pricing={"route_alias": [m for m in members if m in plan.rates]},
+            )
+            for alias, members in self.book.routes.items()
+            if any(m in plan.rates for m in members)
+        ]
+        return ModelList(data=cards)
+
+    def cluster(self, tenant: Tenant) -> dict[str, Any]:
+        snapshot = self.state.snapshot()
+        view = self.state.view()
+        plan = self.book.plans[tenant.plan]
+        reference = PriceRequest("", REFERENCE_TOKENS, max_tokens=REFERENCE_TOKENS)
+        for model_id, entry in view.items():
+            model = self.book.models[model_id]
+            load = snapshot.load(model_id)
+            entry["predicted"] = {
+                "warm_replicas": sum(1 for r in load.replicas if r.warm),
+                "starting_replicas": sum(1 for r in load.replicas if not r.warm),
+                "queued": sum(r.queued for r in load.replicas),
+                "running": sum(r.running for r in load.replicas),
+                "failure_rate": load.failure_rate,
+            }
+            if model_id in plan.rates:
+                q = quote(
+                    PriceRequest(model_id, reference.input_tokens, max_tokens=REFERENCE_TOKENS),
+                    model,
+                    plan,
+                    snapshot,
+                )
+                per_1m = q.cost_micro / (q.input_tokens + q.predicted_output_tokens)
+                entry["cost_usd_per_1m_tokens"] = round(per_1m, 6)
+                entry["reference_quote"] = candidate_json(q)
+        return {"policy_version": self.policy.version, "models": view}
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def _usd(micro: int) -> str:
+    return f"{micro / 1_000_000:.6f}"
+
+
+def candidate_json(q: CandidateQuote) -> dict[str, Any]:
+    return {
+        "model": q.model_id,
+        "quality_tier": q.quality_tier,
+        "feasible": q.feasible,
+        "why_not": [r.value for r in q.reasons],
+        "predicted_ttft_ms": round(q.ttft_s * 1000, 3),
+        "predicted_tpot_ms": round(q.tpot_s * 1000, 3),
+        "predicted_total_ms": round(q.total_s * 1000, 3),
+        "input_tokens": q.input_tokens,
+        "predicted_output_tokens": q.predicted_output_tokens,
+        "cost_usd": _usd(q.cost_micro),
+        "price_usd": _usd(q.price_micro),
+        "worst_case_price_usd": _usd(q.worst_case_price_micro),
+        "margin": round(q.margin, 6),
+        "live": {
+            "queue_ahead": q.queue_ahead,
+            "batch": q.batch,
+            "warm_replicas": q.warm_replicas,
+            "starting_replicas": q.starting_replicas,
+            "cold_start_remaining_s": round(q.cold_start_remaining_s, 3),
+        },
+    }
+
+
+def decision_json(decision: Decision, request: PriceRequest) -> dict[str, Any]:
+    return {
+        "object": "rtcts.quote",
+        "decision": decision.action.value,
+        "reason": decision.reason.value,
+        "model": decision.model_id,
+        "price_usd": _usd(decision.price_micro),
+        "surcharge_multiplier": round(decision.surcharge_multiplier, 6),
+        "retry_after_s": decision.retry_after_s,
+        "policy_version": decision.policy_version,
+        "input_tokens": request.input_tokens,
+        "candidates": [candidate_json(q) for q in decision.candidates],
+    }
+
+
+def quote_headers(request_id: str, decision: Decision) -> dict[str, str]:
+    chosen = decision.chosen
+    assert chosen is not None
+    return {
+        "x-request-id": request_id,
+        "x-rtcts-model": chosen.model_id,
+        "x-rtcts-decision": decision.action.value,
+        "x-rtcts-reason": decision.reason.value,
+        "x-rtcts-price-usd": _usd(decision.price_micro),
+        "x-rtcts-cost-usd": _usd(chosen.cost_micro),
+        "x-rtcts-margin": f"{_margin(decision.price_micro, chosen.cost_micro):.4f}",
+        "x-rtcts-policy-version": decision.policy_version,
+    }
+
+
+def bill_headers(chosen: CandidateQuote, the_bill: Bill) -> dict[str, str]:
+    return {
+        "x-rtcts-price-usd": _usd(the_bill.billed_micro),
+        "x-rtcts-margin": f"{_margin(the_bill.billed_micro, chosen.cost_micro):.4f}",
+        "x-rtcts-sla-met": "true" if the_bill.sla_met else "false",
+    }
+
+
+def verified_json(decision: Decision, the_bill: Bill, served: Served) -> dict[str, Any]:
+    chosen = decision.chosen
+    assert chosen is not None
+    return {
+        "decision": decision.action.value,
+        "reason": decision.reason.value,
+        "model": chosen.model_id,
+        "quoted_price_usd": _usd(decision.price_micro),
+        "list_price_usd": _usd(the_bill.list_price_micro),
+        "credit_usd": _usd(the_bill.credit_micro),
+        "billed_usd": _usd(the_bill.billed_micro),
+        "cost_usd": _usd(chosen.cost_micro),
+        "margin": round(_margin(the_bill.billed_micro, chosen.cost_micro), 6),
+        "sla_met": the_bill.sla_met,
+        "ttft_ms": round(served.ttft_s * 1000, 3),
+        "total_ms": round(served.total_s * 1000, 3),
+        "policy_version": decision.policy_version,
+    }
+
+
+def _margin(price_micro: int, cost_micro: int) -> float:
+    return (price_micro - cost_micro) / price_micro if price_micro else 0.0
+
+
+def _refusal(decision: Decision) -> errors.ApiError:
+    if decision.reason is Reason.NO_CAPACITY:
+        return errors.no_capacity()
+    if decision.reason is Reason.PRICE_CAP_EXCEEDED:
+        cheapest = min((q.price_micro for q in decision.candidates), default=None)
+        return errors.price_cap_exceeded(cheapest)
+    return errors.throttled(decision.retry_after_s or 1.0, decision.reason.value)
+
+
+def _served_error(exc: BaseException) -> errors.ApiError:
+    """A failure of the chosen model: the client gets a clear error, nothing is billed."""
+    if isinstance(exc, BackendError | errors.ApiError):
+        return errors.error_for(exc)
+    return errors.error_for(BackendError("the model replica failed while serving the request"))

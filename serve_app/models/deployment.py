@@ -1,0 +1,131 @@
+"""The model deployment: one Serve deployment per model, one backend per replica.
+
+Each replica loads its backend in its (async) constructor, which is the cold start:
+Serve shows the replica as STARTING until the constructor returns. From its first line
+the replica pushes a `ReplicaReport` to the load registry every `report_period_s`, so
+the ingress sees a starting replica, then its live batch and queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from serve_app.cluster.registry import get_or_create_registry
+from serve_app.cluster.reports import ReplicaReport
+from serve_app.models.backend import Backend, Completion, Delta, GenerationRequest
+from serve_app.models.simulated import SimulatedLLM
+from serve_app.models.stats import ServiceStats
+from serve_app.models.upstream import OpenAIUpstream
+from serve_app.policy.schema import BackendKind, ModelSpec
+from serve_app.pricing.book import ModelProfile
+
+logger = logging.getLogger("rtcts.models")
+
+REPORT_PERIOD_S = 0.1
+
+
+def make_backend(spec: ModelSpec, *, time_scale: float, failure_rate: float) -> Backend:
+    """The backend a model spec asks for."""
+    if spec.backend is BackendKind.SIMULATED:
+        return SimulatedLLM(
+            ModelProfile.from_spec(spec), time_scale=time_scale, failure_rate=failure_rate
+        )
+    if spec.backend is BackendKind.OPENAI_UPSTREAM and spec.upstream_url:
+        return OpenAIUpstream(spec.upstream_url, model=spec.id)
+    raise ValueError(f"backend '{spec.backend.value}' is not supported yet (model {spec.id})")
+
+
+class ModelServer:
+    """Serve deployment class of one model (bound once per model by the builder)."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self,
+        spec: dict[str, Any],
+        time_scale: float = 1.0,
+        failure_rate: float = 0.0,
+        report_period_s: float = REPORT_PERIOD_S,
+    ) -> None:
+        self._spec = ModelSpec.model_validate(spec)
+        self._backend = make_backend(self._spec, time_scale=time_scale, failure_rate=failure_rate)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._time_scale = time_scale
+        self._created = time.monotonic()
+        self._warm = False
+        self._stats = ServiceStats()
+        self._registry = get_or_create_registry()
+        self._period_s = report_period_s
+        self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
+        await self._backend.start()
+        self._warm = True
+        self._report()
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        started = time.monotonic()
+        try:
+            completion = await self._backend.generate(request)
+        except BaseException:
+            self._stats.record(False, time.monotonic() - started)
+            raise
+        self._stats.record(True, completion.total_s)
+        return completion
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        started = time.monotonic()
+        ok = False
+        try:
+            async for delta in self._backend.stream(request):
+                yield delta
+            ok = True
+        finally:
+            self._stats.record(ok, time.monotonic() - started)
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy."""
+        if self._reporter.done() and not self._reporter.cancelled():
+            raise RuntimeError("load reporter stopped")
+
+    async def __del__(self) -> None:
+        self._reporter.cancel()
+        with contextlib.suppress(Exception):
+            self._registry.forget.remote(self._replica_id)
+        await self._backend.close()
+
+    async def _report_forever(self) -> None:
+        while True:
+            try:
+                self._report()
+            except Exception:  # a registry hiccup must not kill the replica
+                logger.warning("load report failed", exc_info=True)
+            await asyncio.sleep(self._period_s)
+
+    def _report(self) -> None:
+        load = self._backend.load()
+        warm = self._warm and load.warm
+        # Reports speak policy seconds: a simulation at time_scale 0.1 runs 10x faster.
+        scale = self._time_scale or 1.0
+        start_remaining = 0.0
+        if not warm:
+            elapsed = (time.monotonic() - self._created) / scale
+            start_remaining = max(0.0, self._spec.cold_start_s - elapsed)
+        service_s = self._stats.mean_service_s
+        self._registry.report.remote(
+            ReplicaReport(
+                model_id=self._spec.id,
+                replica_id=self._replica_id,
+                running=load.running,
+                queued=load.queued,
+                warm=warm,
+                start_remaining_s=start_remaining,
+                reported_at=time.time(),
+                mean_service_s=None if service_s is None else service_s / scale,
+                failure_rate=self._stats.failure_rate,
+                kv_cache_usage=load.kv_cache_usage,
+            )
+        )

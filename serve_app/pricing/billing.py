@@ -1,0 +1,60 @@
+"""What a served request is billed, from its verified token counts and latency (pure).
+
+The decision quoted a price for predicted tokens; the bill uses the real ones at the
+same terms: the plan's rates for the served model, scaled by whatever the decision
+applied (a surcharge lifts it, a substitute's price ceiling lowers it). A request that
+missed the SLA (TTFT or TPOT over target) is billed with the plan's credit already
+taken off, and never more than the client's price cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+from serve_app.pricing.book import PlanTerms
+from serve_app.pricing.types import Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    list_price_micro: int
+    """Real tokens at the plan's rates and the decision's terms, before any credit."""
+    credit_micro: int
+    billed_micro: int
+    sla_met: bool
+
+
+def bill(
+    decision: Decision,
+    plan: PlanTerms,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    ttft_s: float,
+    tpot_s: float,
+    credit_fraction: Fraction,
+    max_price_micro: int | None = None,
+) -> Bill:
+    """Bill a served request. `decision` must have served it (`decision.chosen` set)."""
+    chosen = decision.chosen
+    if chosen is None:
+        raise ValueError("a throttled request is not billed")
+    rates = plan.rates[chosen.model_id]
+    pico = input_tokens * rates.input_micro_per_1m + output_tokens * rates.output_micro_per_1m
+    predicted_pico = (
+        chosen.input_tokens * rates.input_micro_per_1m
+        + chosen.predicted_output_tokens * rates.output_micro_per_1m
+    )
+    # The decision's terms as an exact ratio: charged price / list price of the prediction.
+    terms = Fraction(decision.price_micro * 1_000_000, predicted_pico) if predicted_pico else 1
+    list_price = _round_half_up(Fraction(pico) * terms / 1_000_000)
+    if max_price_micro is not None:
+        list_price = min(list_price, max_price_micro)
+    sla_met = ttft_s <= plan.ttft_target_s and tpot_s <= plan.tpot_target_s
+    credit = 0 if sla_met else _round_half_up(list_price * credit_fraction)
+    return Bill(list_price, credit, list_price - credit, sla_met)
+
+
+def _round_half_up(value: Fraction) -> int:
+    return int((value + Fraction(1, 2)) // 1)
