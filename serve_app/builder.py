@@ -47,6 +47,10 @@ class AppArgs(BaseModel):
     failure_rate: float = Field(
         default=0.0, ge=0, lt=1, description="Simulated models fail this share of requests."
     )
+    natural_output: bool = Field(
+        default=True,
+        description="Simulated answers stop at a natural length (else always at max_tokens).",
+    )
     ingress_replicas: int = Field(default=1, ge=1, description="Ingress replicas.")
     ingress_max_ongoing_requests: int = Field(
         default=1024, ge=1, description="Concurrent requests per ingress replica."

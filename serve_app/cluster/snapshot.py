@@ -7,16 +7,21 @@ Three sources, each with its own freshness:
 - the ingress's own in-flight count per model (exact, immediate).
 
 Rules: a replica the controller lists but that has not reported yet is warm and idle
-if RUNNING, else cold with the cold start it has left; a target above the live
-replicas adds cold replicas (a scale-up the autoscaler decided); a replica that reports
-but the controller does not list yet is taken as reported. In-flight requests beyond
-what the replicas report (sent since their last report, or waiting at the handle for a
-replica to start) are queued on the least loaded replicas, or on a new cold replica
-when there is none.
+if RUNNING, else cold with the cold start it has left; a replica that reports but the
+controller does not list yet is taken as reported. In-flight requests beyond what the
+replicas report (sent since their last report, or waiting at the handle for a replica
+to start) count as queued on the least loaded replicas.
+
+Scale-ups are anticipated: the autoscaler wants `ceil(ongoing / target_ongoing_requests)`
+replicas (within its bounds); if that, or the target the controller already set, is
+above the live replicas, the difference is added as cold replicas with a full cold
+start. So load that will start a replica is priced with that cold start at once, not a
+second later when the controller acts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -25,6 +30,16 @@ from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.pricing.types import ClusterSnapshot, ModelLoad, ReplicaLoad
 
 UNAVAILABLE_STATUSES = frozenset({"DEPLOY_FAILED"})
+
+
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    """What the snapshot needs of a model's deployment: its cold start and autoscaling."""
+
+    cold_start_s: float
+    target_ongoing_requests: float
+    min_replicas: int
+    max_replicas: int
 
 
 @dataclass(slots=True)
@@ -39,22 +54,32 @@ class _Replica:
 
 
 def build_snapshot(
-    cold_start_s: Mapping[str, float],
+    scaling: Mapping[str, Scaling],
     reports: Iterable[ReplicaReport],
     deployments: Mapping[str, DeploymentInfo] | None,
     in_flight: Mapping[str, int],
     now: float,
 ) -> ClusterSnapshot:
-    """The pricing snapshot of every model in `cold_start_s` (model id -> cold start)."""
+    """The pricing snapshot of every model in `scaling`."""
     by_model: dict[str, dict[str, ReplicaReport]] = {}
     for report in reports:
         by_model.setdefault(report.model_id, {})[report.replica_id] = report
     models: dict[str, ModelLoad] = {}
-    for model_id, full_start_s in cold_start_s.items():
+    for model_id, bounds in scaling.items():
         reported = by_model.get(model_id, {})
         deployment = None if deployments is None else deployments.get(model_id)
-        replicas = _replicas(reported, deployment, full_start_s, now)
-        _queue_unreported(replicas, in_flight.get(model_id, 0), full_start_s)
+        replicas = _replicas(reported, deployment, bounds.cold_start_s, now)
+        ongoing = max(in_flight.get(model_id, 0), sum(r.running + r.queued for r in replicas))
+        wanted = min(
+            bounds.max_replicas,
+            max(bounds.min_replicas, math.ceil(ongoing / bounds.target_ongoing_requests)),
+        )
+        if deployment is not None:
+            wanted = max(wanted, min(deployment.target_replicas, bounds.max_replicas))
+        replicas += [
+            _Replica(0, 0, False, bounds.cold_start_s) for _ in range(wanted - len(replicas))
+        ]
+        _queue_unreported(replicas, in_flight.get(model_id, 0))
         services = [r.mean_service_s for r in reported.values() if r.mean_service_s]
         failures = [r.failure_rate for r in reported.values()]
         models[model_id] = ModelLoad(
@@ -86,9 +111,6 @@ def _replicas(
                 elapsed = now - info.start_time_s if info.start_time_s > 0 else 0.0
                 replicas.append(_Replica(0, 0, False, max(0.0, full_start_s - elapsed)))
     replicas += [_from_report(r, now) for rid, r in reported.items() if rid not in listed]
-    if deployment is not None:
-        pending = deployment.target_replicas - len(replicas)
-        replicas += [_Replica(0, 0, False, full_start_s) for _ in range(max(0, pending))]
     return replicas
 
 
@@ -99,12 +121,10 @@ def _from_report(report: ReplicaReport, now: float) -> _Replica:
     return _Replica(report.running, report.queued, report.warm, remaining)
 
 
-def _queue_unreported(replicas: list[_Replica], in_flight: int, full_start_s: float) -> None:
+def _queue_unreported(replicas: list[_Replica], in_flight: int) -> None:
     excess = in_flight - sum(r.running + r.queued for r in replicas)
-    if excess <= 0:
+    if excess <= 0 or not replicas:
         return
-    if not replicas:
-        replicas.append(_Replica(0, 0, False, full_start_s))
     for _ in range(excess):
         least = min(replicas, key=lambda r: (not r.warm, r.running + r.queued))
         least.queued += 1

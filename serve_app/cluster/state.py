@@ -18,7 +18,7 @@ from typing import Any
 
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo
-from serve_app.cluster.snapshot import build_snapshot
+from serve_app.cluster.snapshot import Scaling, build_snapshot
 from serve_app.pricing.types import ClusterSnapshot
 
 logger = logging.getLogger("rtcts.cluster")
@@ -32,7 +32,7 @@ class ClusterState:
 
     def __init__(
         self,
-        cold_start_s: Mapping[str, float],
+        scaling: Mapping[str, Scaling],
         fetch_reports: Callable[[], Awaitable[list[ReplicaReport]]],
         fetch_deployments: Callable[[], Awaitable[dict[str, DeploymentInfo]]],
         *,
@@ -40,7 +40,7 @@ class ClusterState:
         load_period_s: float = LOAD_PERIOD_S,
         replica_period_s: float = REPLICA_PERIOD_S,
     ) -> None:
-        self._cold_start_s = dict(cold_start_s)
+        self._scaling = dict(scaling)
         self._fetch_reports = fetch_reports
         self._fetch_deployments = fetch_deployments
         self._clock = clock
@@ -91,7 +91,7 @@ class ClusterState:
     def snapshot(self) -> ClusterSnapshot:
         if self._cached is None:
             self._cached = build_snapshot(
-                self._cold_start_s, self._reports, self._deployments, self._in_flight, self._clock()
+                self._scaling, self._reports, self._deployments, self._in_flight, self._clock()
             )
         return self._cached
 
@@ -101,7 +101,7 @@ class ClusterState:
         for report in self._reports:
             reports.setdefault(report.model_id, []).append(report)
         result: dict[str, Any] = {}
-        for model_id in self._cold_start_s:
+        for model_id in self._scaling:
             deployment = (self._deployments or {}).get(model_id)
             result[model_id] = {
                 "status": deployment.status if deployment else "UNKNOWN",

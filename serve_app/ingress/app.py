@@ -23,6 +23,7 @@ from ray import serve
 from serve_app.cluster.registry import get_or_create_registry
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import ServeControllerAdapter
+from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
 from serve_app.ingress import errors
 from serve_app.ingress.protocol import ChatCompletionRequest
@@ -59,7 +60,15 @@ class Ingress:
             return reports
 
         state = ClusterState(
-            {m.id: m.cold_start_s for m in loaded.policy.models},
+            {
+                m.id: Scaling(
+                    m.cold_start_s,
+                    m.autoscaling.target_ongoing_requests,
+                    m.autoscaling.min_replicas,
+                    m.autoscaling.max_replicas,
+                )
+                for m in loaded.policy.models
+            },
             fetch_reports,
             adapter.deployments,
         )

@@ -20,8 +20,8 @@ from ray import serve
 from serve_app.cluster.registry import get_or_create_registry
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.models.backend import Backend, Completion, Delta, GenerationRequest
-from serve_app.models.simulated import SimulatedLLM
-from serve_app.models.stats import ServiceStats
+from serve_app.models.simulated import DEFAULT_NATURAL_OUTPUT_TOKENS, SimulatedLLM
+from serve_app.models.stats import ServiceStats, service_time_estimate
 from serve_app.models.upstream import OpenAIUpstream
 from serve_app.policy.schema import BackendKind, ModelSpec
 from serve_app.pricing.book import ModelProfile
@@ -31,11 +31,16 @@ logger = logging.getLogger("rtcts.models")
 REPORT_PERIOD_S = 0.1
 
 
-def make_backend(spec: ModelSpec, *, time_scale: float, failure_rate: float) -> Backend:
+def make_backend(
+    spec: ModelSpec, *, time_scale: float, failure_rate: float, natural_output: bool = True
+) -> Backend:
     """The backend a model spec asks for."""
     if spec.backend is BackendKind.SIMULATED:
         return SimulatedLLM(
-            ModelProfile.from_spec(spec), time_scale=time_scale, failure_rate=failure_rate
+            ModelProfile.from_spec(spec),
+            time_scale=time_scale,
+            failure_rate=failure_rate,
+            natural_output_tokens=DEFAULT_NATURAL_OUTPUT_TOKENS if natural_output else None,
         )
     if spec.backend is BackendKind.OPENAI_UPSTREAM and spec.upstream_url:
         return OpenAIUpstream(spec.upstream_url, model=spec.id)
@@ -50,15 +55,23 @@ class ModelServer:
         spec: dict[str, Any],
         time_scale: float = 1.0,
         failure_rate: float = 0.0,
+        natural_output: bool = True,
         report_period_s: float = REPORT_PERIOD_S,
     ) -> None:
         self._spec = ModelSpec.model_validate(spec)
-        self._backend = make_backend(self._spec, time_scale=time_scale, failure_rate=failure_rate)
+        self._backend = make_backend(
+            self._spec,
+            time_scale=time_scale,
+            failure_rate=failure_rate,
+            natural_output=natural_output,
+        )
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._time_scale = time_scale
         self._created = time.monotonic()
         self._warm = False
         self._stats = ServiceStats()
+        self._running: dict[str, float] = {}
+        """Start time of each request in this replica, by request id."""
         self._registry = get_or_create_registry()
         self._period_s = report_period_s
         self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
@@ -68,22 +81,27 @@ class ModelServer:
 
     async def generate(self, request: GenerationRequest) -> Completion:
         started = time.monotonic()
+        self._running[request.request_id] = started
         try:
             completion = await self._backend.generate(request)
         except BaseException:
             self._stats.record(False, time.monotonic() - started)
             raise
+        finally:
+            self._running.pop(request.request_id, None)
         self._stats.record(True, completion.total_s)
         return completion
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         started = time.monotonic()
+        self._running[request.request_id] = started
         ok = False
         try:
             async for delta in self._backend.stream(request):
                 yield delta
             ok = True
         finally:
+            self._running.pop(request.request_id, None)
             self._stats.record(ok, time.monotonic() - started)
 
     def check_health(self) -> None:
@@ -114,7 +132,10 @@ class ModelServer:
         if not warm:
             elapsed = (time.monotonic() - self._created) / scale
             start_remaining = max(0.0, self._spec.cold_start_s - elapsed)
-        service_s = self._stats.mean_service_s
+        now = time.monotonic()
+        service_s = service_time_estimate(
+            self._stats.mean_service_s, [now - t for t in self._running.values()]
+        )
         self._registry.report.remote(
             ReplicaReport(
                 model_id=self._spec.id,

@@ -24,3 +24,21 @@ class ServiceStats:
     def mean_service_s(self) -> float | None:
         durations = [d for ok, d in self._outcomes if ok]
         return sum(durations) / len(durations) if durations else None
+
+
+def service_time_estimate(
+    completed_mean_s: float | None, running_ages_s: list[float]
+) -> float | None:
+    """Mean request duration to expect on a replica now.
+
+    Completed requests say what was; requests still running say what is: in a steady
+    state their ages are spread evenly over their durations, so twice their mean age
+    estimates the mean duration. The larger of the two wins, so a batch of long
+    requests shows up within a fraction of a second, before any of them completes.
+    """
+    running_s = 2 * sum(running_ages_s) / len(running_ages_s) if running_ages_s else None
+    if completed_mean_s is None:
+        return running_s
+    if running_s is None:
+        return completed_mean_s
+    return max(completed_mean_s, running_s)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from serve_app.pricing.book import PlanTerms
+from serve_app.pricing.price import pico_to_micro
 from serve_app.pricing.types import Decision
 
 
@@ -47,7 +48,10 @@ def bill(
         + chosen.predicted_output_tokens * rates.output_micro_per_1m
     )
     # The decision's terms as an exact ratio: charged price / list price of the prediction.
-    terms = Fraction(decision.price_micro * 1_000_000, predicted_pico) if predicted_pico else 1
+    # A price the decision did not change (only rounded) is the plan's rates as they are.
+    terms: Fraction | int = 1
+    if predicted_pico and decision.price_micro != pico_to_micro(predicted_pico):
+        terms = Fraction(decision.price_micro * 1_000_000, predicted_pico)
     list_price = _round_half_up(Fraction(pico) * terms / 1_000_000)
     if max_price_micro is not None:
         list_price = min(list_price, max_price_micro)

@@ -1,0 +1,97 @@
+"""Real Ray Serve for integration tests: one local Ray and one rtcts app per session.
+
+The app runs in Serve's throughput-optimized mode (rtcts's default) on a free port,
+from tests/integration/policy.yaml (fast simulated models, short cold starts).
+Everything is shut down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+POLICY = Path(__file__).with_name("policy.yaml")
+APP_NAME = "rtcts-it"
+KEYS = {"flex": "it-flex", "strict": "it-strict", "premium": "it-premium"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.1) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, AssertionError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def ray_serve() -> Iterator[str]:
+    """A local Ray with Serve on a free port; yields the base URL."""
+    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    import ray
+    from ray import serve
+
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="rtcts-tests")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_url(ray_serve: str) -> str:
+    """The rtcts app deployed from the integration policy, live state flowing."""
+    from ray import serve
+
+    from serve_app.builder import build_app
+
+    serve.run(
+        build_app({"policy_path": str(POLICY), "natural_output": False, "app_name": APP_NAME}),
+        name=APP_NAME,
+        route_prefix="/",
+    )
+
+    def ready() -> bool:
+        health = httpx.get(f"{ray_serve}/healthz", timeout=5).json()
+        cluster = httpx.get(f"{ray_serve}/v1/cluster", headers=auth("flex"), timeout=5).json()
+        warm = [m for m in cluster["models"].values() if any(r["warm"] for r in m["replicas"])]
+        return health["load_age_s"] is not None and len(warm) >= 2
+
+    wait_until(ready, timeout_s=120)
+    return ray_serve
+
+
+def auth(plan: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[plan]}"}
+
+
+def chat_body(model: str, max_tokens: int = 8, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say something short about GPUs."}],
+        "max_tokens": max_tokens,
+        **extra,
+    }
