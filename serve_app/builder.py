@@ -23,7 +23,7 @@ from serve_app.errors import PolicyError, PolicyIssue
 from serve_app.ingress.app import Ingress
 from serve_app.models.deployment import ModelServer
 from serve_app.policy import LoadedPolicy, load_policy_dict, load_policy_file
-from serve_app.policy.schema import BackendKind
+from serve_app.policy.schema import BackendKind, ModelSpec
 
 DEFAULT_APP_NAME = "rtcts"
 SUPPORTED_BACKENDS = frozenset({BackendKind.SIMULATED, BackendKind.OPENAI_UPSTREAM})
@@ -69,6 +69,25 @@ class AppArgs(BaseModel):
         return load_policy_file(Path(self.policy_path))
 
 
+def model_deployment_options(spec: ModelSpec) -> dict[str, Any]:
+    """Serve options of one model's deployment, from the policy (also serve_config.yaml)."""
+    scaling = spec.autoscaling
+    return {
+        "name": spec.id,
+        "max_ongoing_requests": 2 * spec.throughput.max_concurrent_sequences,
+        "autoscaling_config": {
+            "min_replicas": scaling.min_replicas,
+            "initial_replicas": scaling.min_replicas,
+            "max_replicas": scaling.max_replicas,
+            "target_ongoing_requests": scaling.target_ongoing_requests,
+            "upscale_delay_s": 0.5,
+            "downscale_delay_s": 60.0,
+        },
+        "ray_actor_options": {"num_cpus": 0},
+        "health_check_period_s": 2.0,
+    }
+
+
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
     """Validate everything first, then bind the deployments of the policy."""
     app_args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
@@ -81,27 +100,17 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     if unsupported:
         raise PolicyError(loaded.source, unsupported)
 
-    handles = {}
-    for spec in loaded.policy.models:
-        scaling = spec.autoscaling
-        handles[spec.id] = (
-            serve.deployment(ModelServer)  # type: ignore[attr-defined]
-            .options(
-                name=spec.id,
-                max_ongoing_requests=2 * spec.throughput.max_concurrent_sequences,
-                autoscaling_config={
-                    "min_replicas": scaling.min_replicas,
-                    "initial_replicas": scaling.min_replicas,
-                    "max_replicas": scaling.max_replicas,
-                    "target_ongoing_requests": scaling.target_ongoing_requests,
-                    "upscale_delay_s": 0.5,
-                    "downscale_delay_s": 60.0,
-                },
-                ray_actor_options={"num_cpus": 0},
-                health_check_period_s=2,
-            )
-            .bind(spec.model_dump(mode="json"), app_args.time_scale, app_args.failure_rate)
+    handles = {
+        spec.id: serve.deployment(ModelServer)  # type: ignore[attr-defined]
+        .options(**model_deployment_options(spec))
+        .bind(
+            spec.model_dump(mode="json"),
+            app_args.time_scale,
+            app_args.failure_rate,
+            app_args.natural_output,
         )
+        for spec in loaded.policy.models
+    }
     ingress = Ingress.options(  # type: ignore[attr-defined]
         num_replicas=app_args.ingress_replicas,
         max_ongoing_requests=app_args.ingress_max_ongoing_requests,

@@ -4,7 +4,9 @@
     rtcts policy hash-key KEY       print the SHA-256 a policy stores for an API key
     rtcts price-table [--model M] [--input-tokens N] [--max-tokens N]
                                     the decision for a sample request on each plan
-    rtcts run                       what `make run` calls
+    rtcts run [--policy P] [--port N] [--time-scale X]
+                                    serve locally until Ctrl-C (what `make run` calls)
+    rtcts serve-config [--policy P] the Serve config file of a policy (serve_config.yaml)
 
 Errors are one line each on stderr with a non-zero exit; never a stack trace.
 """
@@ -50,16 +52,30 @@ def _parser() -> argparse.ArgumentParser:
     hash_key.add_argument("key", metavar="KEY", help="the API key, or - to read it from stdin")
     hash_key.set_defaults(handler=_hash_key)
 
-    for name, handler, text in (
-        ("price-table", _price_table, "decide a sample request on every plan"),
-        ("run", _run, "run rtcts locally (for now: the price table of the policy)"),
-    ):
-        command = commands.add_parser(name, help=text)
-        command.add_argument("--policy", default=None, help="policy file (env RTCTS_POLICY_PATH)")
-        command.add_argument("--model", default="auto", help="model id or route alias")
-        command.add_argument("--input-tokens", type=_positive_int, default=1000)
-        command.add_argument("--max-tokens", type=_positive_int, default=None)
-        command.set_defaults(handler=handler)
+    table = commands.add_parser("price-table", help="decide a sample request on every plan")
+    table.add_argument("--policy", default=None, help="policy file (env RTCTS_POLICY_PATH)")
+    table.add_argument("--model", default="auto", help="model id or route alias")
+    table.add_argument("--input-tokens", type=_positive_int, default=1000)
+    table.add_argument("--max-tokens", type=_positive_int, default=None)
+    table.set_defaults(handler=_price_table)
+
+    run = commands.add_parser("run", help="serve locally until Ctrl-C")
+    run.add_argument("--policy", default=None, help="policy file (env RTCTS_POLICY_PATH)")
+    run.add_argument("--host", default=None, help="HTTP host (env RTCTS_HTTP_HOST)")
+    run.add_argument(
+        "--port", type=_positive_int, default=None, help="HTTP port (env RTCTS_HTTP_PORT)"
+    )
+    run.add_argument(
+        "--time-scale",
+        type=_non_negative_float,
+        default=1.0,
+        help="simulated models run this much slower (0.1 = 10x faster; default 1)",
+    )
+    run.set_defaults(handler=_run)
+
+    config = commands.add_parser("serve-config", help="print the Serve config file of a policy")
+    config.add_argument("--policy", default=None, help="policy file (env RTCTS_POLICY_PATH)")
+    config.set_defaults(handler=_serve_config)
     return parser
 
 
@@ -70,6 +86,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
     return value
 
 
@@ -106,8 +132,27 @@ def _price_table(args: argparse.Namespace, snapshot: ClusterSnapshot | None = No
 
 
 def _run(args: argparse.Namespace) -> int:
-    print("rtcts: the serving path is not built yet; the price table of the policy:\n")
-    return _price_table(args)
+    from serve_app.local.runner import banner, serve_locally
+
+    settings = Settings.from_env(policy_path=args.policy, http_host=args.host, http_port=args.port)
+    loaded = load_policy_file(settings.policy_path)  # fail fast, before starting anything
+    print(f"rtcts: starting (policy {loaded.source}) ...", flush=True)
+    serve_locally(
+        settings,
+        loaded,
+        time_scale=args.time_scale,
+        on_ready=lambda running: print(banner(running, loaded, args.time_scale), flush=True),
+    )
+    print("rtcts: stopped", flush=True)
+    return 0
+
+
+def _serve_config(args: argparse.Namespace) -> int:
+    from serve_app.serve_config import render_serve_config
+
+    settings = Settings.from_env(policy_path=args.policy)
+    print(render_serve_config(load_policy_file(settings.policy_path), settings), end="")
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ ENV_VARS = {
     "stripe_api_base": "STRIPE_API_BASE",
     "http_host": "RTCTS_HTTP_HOST",
     "http_port": "RTCTS_HTTP_PORT",
+    "fast_mode": "RTCTS_FAST_MODE",
+    "data_dir": "RTCTS_DATA_DIR",
 }
 """Each setting reads exactly one variable, named in its description."""
 
@@ -58,6 +60,16 @@ class Settings(BaseModel):
     http_host: str = Field(default="127.0.0.1", description="Ingress host (env RTCTS_HTTP_HOST).")
     http_port: int = Field(
         default=8000, ge=1, le=65535, description="Ingress port (env RTCTS_HTTP_PORT)."
+    )
+    fast_mode: bool = Field(
+        default=True,
+        description="Run Ray Serve throughput-optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED=1) "
+        "when rtcts starts Ray itself (env RTCTS_FAST_MODE).",
+    )
+    data_dir: Path = Field(
+        default=Path(".rtcts"),
+        description="Where local state lives: embedded Redis data, spool files "
+        "(env RTCTS_DATA_DIR).",
     )
 
     @classmethod

@@ -35,6 +35,8 @@ class DeploymentInfo:
     status: str
     target_replicas: int
     replicas: tuple[ReplicaInfo, ...]
+    gone: frozenset[str] = frozenset()
+    """Replicas stopping or stopped: their last reports must not count as capacity."""
 
     @property
     def running(self) -> int:
@@ -59,11 +61,18 @@ def parse_instance_details(details: Mapping[str, Any], app_name: str) -> dict[st
             for r in deployment.get("replicas") or ()
             if _state(r.get("state")) in LIVE_STATES
         )
+        listed = [
+            *(deployment.get("replicas") or ()),
+            *(deployment.get("recent_dead_replicas") or ()),
+        ]
         result[name] = DeploymentInfo(
             name=name,
             status=_state(deployment.get("status")),
             target_replicas=int(deployment.get("target_num_replicas") or 0),
             replicas=replicas,
+            gone=frozenset(
+                str(r["replica_id"]) for r in listed if _state(r.get("state")) not in LIVE_STATES
+            ),
         )
     return result
 

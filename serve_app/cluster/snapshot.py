@@ -110,7 +110,10 @@ def _replicas(
             else:
                 elapsed = now - info.start_time_s if info.start_time_s > 0 else 0.0
                 replicas.append(_Replica(0, 0, False, max(0.0, full_start_s - elapsed)))
-    replicas += [_from_report(r, now) for rid, r in reported.items() if rid not in listed]
+    gone = deployment.gone if deployment is not None else frozenset()
+    replicas += [
+        _from_report(r, now) for rid, r in reported.items() if rid not in listed and rid not in gone
+    ]
     return replicas
 
 

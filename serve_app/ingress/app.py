@@ -87,7 +87,9 @@ class Ingress:
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         tenant, body = await self._tenant_and_body(request)
-        return await self.service.chat(tenant, body)
+        # Serve's RequestIdMiddleware puts the id (the client's, or a new one) in the
+        # request headers and sends it back as x-request-id.
+        return await self.service.chat(tenant, body, request.headers.get("x-request-id"))
 
     @app.post("/v1/quote")
     async def quote(self, request: Request) -> JSONResponse:

@@ -121,9 +121,12 @@ class ChatService:
     # ------------------------------------------------------------------ chat
 
     async def chat(
-        self, tenant: Tenant, body: ChatCompletionRequest
+        self, tenant: Tenant, body: ChatCompletionRequest, request_id: str | None = None
     ) -> JSONResponse | StreamingResponse:
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        """Serve one chat completion. `request_id` is Serve's (which also sends it back as
+        `x-request-id`); without one, an id is made here and sent in that header."""
+        own_id = request_id is None
+        request_id = request_id or uuid.uuid4().hex
         price_request, decision = self.decide(tenant, body)
         if decision.model_id is None or decision.chosen is None:
             raise _refusal(decision)
@@ -142,7 +145,9 @@ class ChatService:
             stop=body.stop_sequences(),
             seed=body.seed,
         )
-        headers = quote_headers(request_id, decision)
+        headers = quote_headers(decision)
+        if own_id:
+            headers["x-request-id"] = request_id
         if body.stream:
             return StreamingResponse(
                 self._stream(tenant, body, decision, generation),
@@ -155,7 +160,7 @@ class ChatService:
         )
         the_bill = self._settle(tenant, body, decision, request_id, verified)
         response = ChatCompletionResponse(
-            id=request_id,
+            id=f"chatcmpl-{request_id}",
             created=int(time.time()),
             model=decision.model_id,
             choices=[
@@ -202,7 +207,9 @@ class ChatService:
 
         def chunk(**fields: Any) -> bytes:
             return sse(
-                ChatCompletionChunk(id=request_id, created=created, model=model_id, **fields)
+                ChatCompletionChunk(
+                    id=f"chatcmpl-{request_id}", created=created, model=model_id, **fields
+                )
             )
 
         handle = self._handles[model_id].options(method_name="stream", stream=True)
@@ -210,9 +217,10 @@ class ChatService:
         started = time.monotonic()
         first_token_at: float | None = None
         last: Delta | None = None
+        stream = handle.remote(generation)
         try:
             yield chunk(choices=[ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
-            async for delta in handle.remote(generation):
+            async for delta in stream:
                 if first_token_at is None:
                     first_token_at = time.monotonic()
                 last = delta
@@ -221,6 +229,10 @@ class ChatService:
             if last is None or last.finish_reason is None:
                 raise BackendError("the stream ended without a finish reason")
         except BaseException as exc:
+            # The client left or the model failed: stop the generation on the replica.
+            cancel = getattr(stream, "cancel", None)
+            if cancel is not None:
+                cancel()
             self._fail(tenant, body, decision, request_id, exc)
             if isinstance(exc, Exception):
                 yield _served_error(exc).to_sse()
@@ -429,11 +441,10 @@ def decision_json(decision: Decision, request: PriceRequest) -> dict[str, Any]:
     }
 
 
-def quote_headers(request_id: str, decision: Decision) -> dict[str, str]:
+def quote_headers(decision: Decision) -> dict[str, str]:
     chosen = decision.chosen
     assert chosen is not None
     return {
-        "x-request-id": request_id,
         "x-rtcts-model": chosen.model_id,
         "x-rtcts-decision": decision.action.value,
         "x-rtcts-reason": decision.reason.value,

@@ -83,6 +83,7 @@ def test_deployments_of_the_app_are_parsed() -> None:
             status="HEALTHY",
             target_replicas=2,
             replicas=(ReplicaInfo("abc", "RUNNING", 100.0), ReplicaInfo("def", "STARTING", 150.0)),
+            gone=frozenset({"x"}),
         )
     }
 
@@ -91,7 +92,9 @@ def test_stopping_and_stopped_replicas_are_left_out() -> None:
     deployment = _deployment(
         "llama", [_replica("a", "STOPPING"), _replica("b", "STOPPED")], target=0
     )
-    assert parse_instance_details(_details({"llama": deployment}), APP)["llama"].replicas == ()
+    parsed = parse_instance_details(_details({"llama": deployment}), APP)["llama"]
+    assert parsed.replicas == ()
+    assert parsed.gone == {"a", "b"}
 
 
 @pytest.mark.parametrize("state", ["STARTING", "UPDATING", "RECOVERING", "RUNNING"])
@@ -132,7 +135,10 @@ def test_enum_member_states_are_read_by_value() -> None:
 
 def test_enum_names_as_text_are_read_as_the_state() -> None:
     deployment = _deployment(
-        "llama", [_replica("a", "ReplicaState.RUNNING")], target=1, status="DeploymentStatus.HEALTHY"
+        "llama",
+        [_replica("a", "ReplicaState.RUNNING")],
+        target=1,
+        status="DeploymentStatus.HEALTHY",
     )
     info = parse_instance_details(_details({"llama": deployment}), APP)["llama"]
     assert (info.status, info.replicas[0].state) == ("HEALTHY", "RUNNING")
@@ -203,11 +209,14 @@ def test_real_ray_schema_models_dump_to_a_shape_we_parse() -> None:
         status="UPSCALING",
         target_replicas=3,
         replicas=(ReplicaInfo("abc", "RUNNING", 100.0), ReplicaInfo("def", "STARTING", 150.0)),
+        gone=frozenset({"x"}),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Ray's DEFAULT sentinels warn when serialized
         python_dump = deployment.model_dump()  # enum members, as the controller returns
         json_dump = deployment.model_dump(mode="json")  # plain strings
     for dumped in (python_dump, json_dump):
-        parsed = parse_instance_details({"applications": {APP: {"deployments": {"llama": dumped}}}}, APP)
+        parsed = parse_instance_details(
+            {"applications": {APP: {"deployments": {"llama": dumped}}}}, APP
+        )
         assert parsed == {"llama": expected}

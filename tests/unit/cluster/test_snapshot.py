@@ -78,7 +78,9 @@ def test_running_replica_without_report_is_warm_and_idle() -> None:
 
 def test_starting_replica_without_report_has_the_cold_start_left_since_it_started() -> None:
     load = _load(deployments=_deployment(ReplicaInfo("a", "STARTING", NOW - 12.0)))
-    assert load.replicas == (ReplicaLoad(0, 0, False, pytest.approx(COLD_S - 12.0)),)
+    (replica,) = load.replicas
+    assert (replica.running, replica.queued, replica.warm) == (0, 0, False)
+    assert replica.start_remaining_s == pytest.approx(COLD_S - 12.0)
 
 
 def test_unscheduled_starting_replica_has_the_full_cold_start_left() -> None:
@@ -105,7 +107,9 @@ def test_report_wins_over_the_controller_state() -> None:
 def test_reported_start_remaining_shrinks_by_the_reports_age() -> None:
     report = _report("a", warm=False, start_remaining_s=10.0, age_s=4.0)
     load = _load(reports=[report], deployments=_deployment(ReplicaInfo("a", "STARTING", NOW - 20)))
-    assert load.replicas == (ReplicaLoad(0, 0, False, pytest.approx(6.0)),)
+    (replica,) = load.replicas
+    assert not replica.warm
+    assert replica.start_remaining_s == pytest.approx(6.0)
 
 
 def test_reported_start_remaining_never_goes_below_zero() -> None:
@@ -241,3 +245,20 @@ def test_failure_rate_and_mean_service_are_averaged_over_reports() -> None:
 def test_without_reports_failure_rate_is_zero_and_service_time_unknown() -> None:
     load = _load(deployments=_deployment(ReplicaInfo("a", "RUNNING", NOW - 100)))
     assert (load.failure_rate, load.mean_service_s) == (0.0, None)
+
+
+def test_reports_of_replicas_the_controller_says_are_gone_do_not_count() -> None:
+    from serve_app.cluster.reports import ReplicaReport
+    from serve_app.cluster.serve_adapter import DeploymentInfo, ReplicaInfo
+    from serve_app.cluster.snapshot import Scaling, build_snapshot
+
+    deployment = DeploymentInfo(
+        "m", "HEALTHY", 1, (ReplicaInfo("live", "RUNNING", 1.0),), gone=frozenset({"old"})
+    )
+    reports = [
+        ReplicaReport("m", rid, 0, 0, True, 0.0, reported_at=100.0) for rid in ("live", "old")
+    ]
+    snapshot = build_snapshot(
+        {"m": Scaling(5.0, 8, 1, 2)}, reports, {"m": deployment}, {}, now=100.0
+    )
+    assert len(snapshot.load("m").replicas) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.models.stats import ServiceStats
+from serve_app.models.stats import ServiceStats, service_time_estimate
 
 
 def test_no_outcomes_yet() -> None:
@@ -46,4 +46,22 @@ def test_only_the_last_window_outcomes_count() -> None:
     assert stats.failure_rate == pytest.approx(0.25)
     assert stats.mean_service_s == pytest.approx(2.0)
     stats.record(True, 6.0)
-    assert (stats.failure_rate, stats.mean_service_s) == (0.0, pytest.approx(3.0))
+    assert stats.failure_rate == 0.0
+    assert stats.mean_service_s == pytest.approx(3.0)
+
+
+def test_service_time_estimate_without_anything_is_unknown() -> None:
+    assert service_time_estimate(None, []) is None
+
+
+def test_service_time_estimate_from_completed_requests_alone() -> None:
+    assert service_time_estimate(3.0, []) == 3.0
+
+
+def test_service_time_estimate_from_running_requests_is_twice_their_mean_age() -> None:
+    assert service_time_estimate(None, [1.0, 3.0]) == pytest.approx(4.0)
+
+
+def test_service_time_estimate_takes_the_larger_of_the_two() -> None:
+    assert service_time_estimate(10.0, [1.0, 3.0]) == 10.0
+    assert service_time_estimate(1.0, [5.0, 7.0]) == pytest.approx(12.0)

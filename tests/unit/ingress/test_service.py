@@ -1,0 +1,492 @@
+"""`ChatService` end to end with fake model handles, a real `ClusterState` fed by fake
+fetchers, a `MemorySink` and `policies/default.yaml` (no Ray, no network, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from serve_app.cluster.reports import ReplicaReport
+from serve_app.cluster.serve_adapter import DeploymentInfo
+from serve_app.cluster.snapshot import Scaling
+from serve_app.cluster.state import ClusterState
+from serve_app.ingress import errors
+from serve_app.ingress.protocol import ChatCompletionRequest
+from serve_app.ingress.service import ChatService
+from serve_app.metering.meter import MemorySink, Meter
+from serve_app.models.backend import (
+    BackendUnavailable,
+    Completion,
+    Delta,
+    GenerationFailed,
+    GenerationRequest,
+)
+from serve_app.policy import Tenant, load_policy_file
+
+POLICY = load_policy_file(Path(__file__).resolve().parents[3] / "policies" / "default.yaml")
+SCALING = {
+    m.id: Scaling(
+        m.cold_start_s,
+        m.autoscaling.target_ongoing_requests,
+        m.autoscaling.min_replicas,
+        m.autoscaling.max_replicas,
+    )
+    for m in POLICY.policy.models
+}
+NOW = 1_000.0
+MODEL = "qwen2.5-32b"  # warm and half busy below: plan pro allows it as requested
+PRO = "Bearer rtcts-demo-pro"
+BASIC = "Bearer rtcts-demo-basic"
+
+COMPLETION = Completion(
+    text="GPUs are fast.",
+    finish_reason="stop",
+    input_tokens=20,
+    output_tokens=50,
+    ttft_s=0.2,
+    total_s=2.0,
+)
+# Pro, tier 2: $0.50 in / $3.50 out per 1M tokens: 20 * 0.5 + 50 * 3.5 = 185 micro-USD.
+COMPLETION_BILL_MICRO = 185
+DELTAS = (
+    Delta("GPUs"),
+    Delta(" are"),
+    Delta(" fast.", finish_reason="stop", input_tokens=20, output_tokens=3),
+)
+
+
+def _report(model_id: str, running: int) -> ReplicaReport:
+    return ReplicaReport(model_id, f"{model_id}-r1", running, 0, True, 0.0, NOW)
+
+
+class FakeHandle:
+    """A Serve DeploymentHandle stand-in: `options(...).remote(request)` is awaitable for
+    "generate" and an async iterator for "stream"."""
+
+    def __init__(
+        self,
+        *,
+        completion: Completion = COMPLETION,
+        deltas: Sequence[Delta] = DELTAS,
+        error: BaseException | None = None,
+        fail_after: int | None = None,
+    ) -> None:
+        self.completion = completion
+        self.deltas = tuple(deltas)
+        self.error = error
+        self.fail_after = fail_after
+        """Stream this many deltas, then raise `error`."""
+        self.options_seen: list[tuple[str, bool]] = []
+        self.requests: list[GenerationRequest] = []
+        self.in_flight_seen: list[int] = []
+        self.state: ClusterState | None = None
+
+    def options(self, **kwargs: Any) -> _Call:
+        call = _Call(self, kwargs.pop("method_name"), kwargs.pop("stream", False))
+        assert not kwargs, f"unexpected handle options: {kwargs}"
+        self.options_seen.append((call.method_name, call.stream))
+        return call
+
+    def _note(self, request: GenerationRequest) -> None:
+        self.requests.append(request)
+        if self.state is not None:
+            self.in_flight_seen.append(_in_flight(self.state))
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self._note(request)
+        if self.error is not None:
+            raise self.error
+        return self.completion
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self._note(request)
+        for index, delta in enumerate(self.deltas):
+            if self.error is not None and index == (self.fail_after or 0):
+                raise self.error
+            yield delta
+
+
+@dataclass
+class _Call:
+    handle: FakeHandle
+    method_name: str
+    stream: bool
+
+    def remote(self, request: GenerationRequest) -> Any:
+        if self.method_name == "stream":
+            assert self.stream, "a stream must be asked for with stream=True"
+            return self.handle.stream(request)
+        assert self.method_name == "generate"
+        return self.handle.generate(request)
+
+
+@dataclass
+class Harness:
+    service: ChatService
+    state: ClusterState
+    sink: MemorySink
+    handle: FakeHandle
+
+    def tenant(self, authorization: str = PRO) -> Tenant:
+        return self.service.authenticate(authorization)
+
+    @property
+    def meters(self) -> list[Meter]:
+        return list(self.sink.meters)
+
+
+def _harness(handle: FakeHandle | None = None, *, warm: bool = True) -> Harness:
+    """The service on the default policy. Warm: one replica each of the 8B (8 running)
+    and the 32B (16 running) has reported; else nothing has (every model cold)."""
+
+    async def fetch_reports() -> list[ReplicaReport]:
+        return [_report("llama-3.1-8b", 8), _report(MODEL, 16)]
+
+    async def fetch_deployments() -> dict[str, DeploymentInfo]:
+        return {}
+
+    state = ClusterState(SCALING, fetch_reports, fetch_deployments, clock=lambda: NOW)
+    if warm:
+        asyncio.run(state.refresh_load())
+    handle = handle or FakeHandle()
+    handle.state = state
+    sink = MemorySink()
+    service = ChatService(POLICY, state, dict.fromkeys(SCALING, handle), sink)
+    return Harness(service, state, sink, handle)
+
+
+def _body(model: str = MODEL, **extra: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Tell me about GPUs."}],
+            "max_tokens": 100,
+            **extra,
+        }
+    )
+
+
+def _in_flight(state: ClusterState, model: str = MODEL) -> int:
+    count: int = state.view()[model]["in_flight_here"]
+    return count
+
+
+def _chat(h: Harness, body: ChatCompletionRequest, authorization: str = PRO) -> JSONResponse:
+    response = asyncio.run(h.service.chat(h.tenant(authorization), body))
+    assert isinstance(response, JSONResponse)
+    return response
+
+
+def _json(response: JSONResponse) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(bytes(response.body))
+    return data
+
+
+async def _collect(response: StreamingResponse) -> list[str]:
+    """The `data:` payloads of a streamed answer, in order."""
+    raw = b""
+    async for piece in response.body_iterator:
+        raw += piece.encode() if isinstance(piece, str) else bytes(piece)
+    return [event.removeprefix("data: ") for event in raw.decode().split("\n\n") if event]
+
+
+def _stream(h: Harness, body: ChatCompletionRequest) -> tuple[StreamingResponse, list[str]]:
+    async def run() -> tuple[StreamingResponse, list[str]]:
+        response = await h.service.chat(h.tenant(), body)
+        assert isinstance(response, StreamingResponse)
+        return response, await _collect(response)
+
+    return asyncio.run(run())
+
+
+def _micro(usd: str) -> int:
+    return int(Decimal(usd) * 1_000_000)
+
+
+def _api_error(h: Harness, body: ChatCompletionRequest, authorization: str = PRO) -> Any:
+    with pytest.raises(errors.ApiError) as info:
+        asyncio.run(h.service.chat(h.tenant(authorization), body))
+    return info.value
+
+
+# ------------------------------------------------------------------ non-streaming
+
+
+def test_chat_returns_the_answer_with_pricing_headers_and_usage() -> None:
+    h = _harness()
+    response = _chat(h, _body())
+    headers = response.headers
+    assert response.status_code == 200
+    assert headers["x-request-id"]
+    assert headers["x-rtcts-model"] == MODEL
+    assert headers["x-rtcts-decision"] == "allow"
+    assert headers["x-rtcts-price-usd"] == "0.000185"
+    assert _micro(headers["x-rtcts-cost-usd"]) > 0
+    assert -1 < float(headers["x-rtcts-margin"]) < 1
+    assert headers["x-rtcts-sla-met"] == "true"
+    body = _json(response)
+    assert body["id"] == "chatcmpl-" + headers["x-request-id"]
+    assert body["model"] == MODEL
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "GPUs are fast."}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"] == {"prompt_tokens": 20, "completion_tokens": 50, "total_tokens": 70}
+    assert body["rtcts"]["billed_usd"] == headers["x-rtcts-price-usd"]
+
+
+def test_chat_calls_generate_with_the_output_cap() -> None:
+    h = _harness()
+    _chat(h, _body(max_completion_tokens=40))
+    assert h.handle.options_seen == [("generate", False)]
+    (request,) = h.handle.requests
+    assert request.max_tokens == 40
+    assert request.messages[0].content == "Tell me about GPUs."
+
+
+def test_served_chat_lands_a_billable_meter_matching_the_price_header() -> None:
+    h = _harness()
+    response = _chat(h, _body())
+    (meter,) = h.meters
+    assert meter.billable
+    assert meter.failure is None
+    assert meter.billed_micro == _micro(response.headers["x-rtcts-price-usd"])
+    assert meter.billed_micro == COMPLETION_BILL_MICRO
+    assert meter.request_id == response.headers["x-request-id"]
+    assert (meter.tenant_id, meter.stripe_customer_id, meter.plan_id) == (
+        "demo-pro",
+        "cus_demo_pro",
+        "pro",
+    )
+    assert (meter.requested_model, meter.served_model, meter.decision) == (MODEL, MODEL, "allow")
+    assert (meter.input_tokens, meter.output_tokens) == (20, 50)
+    assert (meter.ttft_ms, meter.total_ms, meter.sla_met) == (200.0, 2000.0, True)
+    assert meter.cost_micro == _micro(response.headers["x-rtcts-cost-usd"])
+    assert meter.policy_version == POLICY.version
+
+
+def test_missed_sla_is_billed_with_the_plans_credit() -> None:
+    late = Completion("late", "stop", input_tokens=20, output_tokens=50, ttft_s=5.0, total_s=8.0)
+    h = _harness(FakeHandle(completion=late))
+    response = _chat(h, _body())
+    # Pro credits 25%: 185 - round_half_up(46.25) = 139 micro-USD.
+    assert response.headers["x-rtcts-price-usd"] == "0.000139"
+    assert response.headers["x-rtcts-sla-met"] == "false"
+    (meter,) = h.meters
+    assert (meter.list_price_micro, meter.credit_micro, meter.billed_micro) == (185, 46, 139)
+    assert not meter.sla_met
+
+
+def test_in_flight_is_counted_during_the_call_and_back_to_zero_after_success() -> None:
+    h = _harness()
+    _chat(h, _body())
+    assert h.handle.in_flight_seen == [1]
+    assert _in_flight(h.state) == 0
+
+
+def test_served_output_feeds_the_next_prediction() -> None:
+    h = _harness()
+    _chat(h, _body())
+    quote = h.service.quote(h.tenant(), _body())
+    assert quote["candidates"][0]["predicted_output_tokens"] == 50
+
+
+@pytest.mark.parametrize(
+    ("error", "failure"),
+    [
+        (GenerationFailed("injected fault"), "GenerationFailed"),
+        (RuntimeError("dead"), "RuntimeError"),
+    ],
+)
+def test_failed_generation_is_a_502_and_a_non_billable_meter(
+    error: Exception, failure: str
+) -> None:
+    h = _harness(FakeHandle(error=error))
+    exc = _api_error(h, _body())
+    assert (exc.status, exc.code) == (502, "model_failed")
+    assert "dead" not in exc.message  # internal detail never reaches the client
+    (meter,) = h.meters
+    assert (meter.billable, meter.billed_micro, meter.list_price_micro) == (False, 0, 0)
+    assert (meter.failure, meter.served_model, meter.tenant_id) == (failure, MODEL, "demo-pro")
+    assert (meter.input_tokens, meter.output_tokens, meter.cost_micro) == (0, 0, 0)
+
+
+def test_unavailable_backend_is_a_503_and_a_non_billable_meter() -> None:
+    h = _harness(FakeHandle(error=BackendUnavailable("loading")))
+    exc = _api_error(h, _body())
+    assert (exc.status, exc.code) == (503, "model_unavailable")
+    (meter,) = h.meters
+    assert (meter.billable, meter.billed_micro, meter.failure) == (False, 0, "BackendUnavailable")
+
+
+def test_in_flight_is_back_to_zero_after_a_failure() -> None:
+    h = _harness(FakeHandle(error=RuntimeError("replica died")))
+    _api_error(h, _body())
+    assert h.handle.in_flight_seen == [1]
+    assert _in_flight(h.state) == 0
+
+
+def test_failed_output_does_not_feed_the_history() -> None:
+    h = _harness(FakeHandle(error=GenerationFailed("boom")))
+    before = h.service.quote(h.tenant(), _body())["candidates"][0]["predicted_output_tokens"]
+    _api_error(h, _body())
+    after = h.service.quote(h.tenant(), _body())["candidates"][0]["predicted_output_tokens"]
+    assert after == before
+
+
+# ------------------------------------------------------------------ streaming
+
+
+def test_stream_sends_role_text_finish_then_usage_with_rtcts_then_done() -> None:
+    h = _harness()
+    response, events = _stream(h, _body(stream=True, stream_options={"include_usage": True}))
+    assert response.media_type == "text/event-stream"
+    assert response.headers["x-rtcts-model"] == MODEL
+    assert response.headers["x-rtcts-decision"] == "allow"
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "GPUs are fast."
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    last = chunks[-1]
+    assert last["choices"] == []
+    assert last["usage"] == {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}
+    assert last["rtcts"]["model"] == MODEL
+    assert last["rtcts"]["decision"] == "allow"
+    assert {c["id"] for c in chunks} == {"chatcmpl-" + response.headers["x-request-id"]}
+    assert h.handle.options_seen == [("stream", True)]
+
+
+def test_stream_without_include_usage_still_ends_with_the_rtcts_object() -> None:
+    h = _harness()
+    _, events = _stream(h, _body(stream=True))
+    last = json.loads(events[-2])
+    assert "usage" not in last
+    assert last["rtcts"]["billed_usd"]
+    assert events[-1] == "[DONE]"
+
+
+def test_completed_stream_lands_a_billable_meter_matching_its_rtcts_object() -> None:
+    h = _harness()
+    _, events = _stream(h, _body(stream=True, stream_options={"include_usage": True}))
+    rtcts = json.loads(events[-2])["rtcts"]
+    (meter,) = h.meters
+    assert meter.billable
+    assert (meter.input_tokens, meter.output_tokens) == (20, 3)
+    assert meter.billed_micro == _micro(rtcts["billed_usd"])
+    # Pro, tier 2: 20 * 0.5 + 3 * 3.5 = 20.5 micro-USD, rounded half up.
+    assert meter.billed_micro == 21
+
+
+def test_in_flight_is_back_to_zero_after_a_stream_completes() -> None:
+    h = _harness()
+    _stream(h, _body(stream=True))
+    assert h.handle.in_flight_seen == [1]
+    assert _in_flight(h.state) == 0
+
+
+def test_stream_failing_midway_sends_an_error_event_and_a_non_billable_meter() -> None:
+    h = _harness(FakeHandle(error=GenerationFailed("engine crashed"), fail_after=2))
+    _, events = _stream(h, _body(stream=True, stream_options={"include_usage": True}))
+    payloads = [json.loads(e) for e in events if e != "[DONE]"]
+    assert payloads[-1]["error"]["code"] == "model_failed"
+    assert not any("usage" in p or "rtcts" in p for p in payloads)
+    (meter,) = h.meters
+    assert (meter.billable, meter.billed_micro, meter.failure) == (False, 0, "GenerationFailed")
+    assert _in_flight(h.state) == 0
+
+
+def test_stream_ending_without_a_finish_reason_is_a_failure() -> None:
+    h = _harness(FakeHandle(deltas=[Delta("cut"), Delta(" off")]))
+    _, events = _stream(h, _body(stream=True))
+    assert json.loads(events[-1])["error"]["code"] == "model_failed"
+    (meter,) = h.meters
+    assert (meter.billable, meter.failure) == (False, "BackendError")
+
+
+def test_stream_abandoned_by_the_client_is_not_billed() -> None:
+    h = _harness()
+
+    async def run() -> None:
+        response = await h.service.chat(h.tenant(), _body(stream=True))
+        assert isinstance(response, StreamingResponse)
+        iterator = response.body_iterator
+        assert isinstance(iterator, AsyncIterator)
+        await iterator.__anext__()  # the role chunk, then the client goes away
+        await iterator.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(run())
+    (meter,) = h.meters
+    assert (meter.billable, meter.billed_micro, meter.failure) == (False, 0, "cancelled")
+    assert _in_flight(h.state) == 0
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def test_throttled_decision_is_a_429_with_retry_after() -> None:
+    h = _harness(warm=False)  # every model cold: the 8B's 25 s start breaks basic's SLA
+    quote = h.service.quote(h.tenant(BASIC), _body("llama-3.1-8b"))
+    assert quote["decision"] == "throttle"
+    exc = _api_error(h, _body("llama-3.1-8b"), BASIC)
+    assert (exc.status, exc.code, exc.type) == (429, "margin_throttled", "rate_limit_error")
+    assert exc.headers["Retry-After"] == errors.retry_after_header(quote["retry_after_s"]) == "25"
+    assert h.handle.requests == []
+    assert h.meters == []
+    assert _in_flight(h.state, "llama-3.1-8b") == 0
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer nope", "Basic cnRjdHM=", "Bearer "])
+def test_unknown_or_missing_key_is_a_401(authorization: str | None) -> None:
+    with pytest.raises(errors.ApiError) as info:
+        _harness().service.authenticate(authorization)
+    assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    assert info.value.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_demo_keys_authenticate_as_their_tenants() -> None:
+    h = _harness()
+    assert (h.tenant(PRO).id, h.tenant(BASIC).id) == ("demo-pro", "demo-basic")
+
+
+# ------------------------------------------------------------------ quote vs chat
+
+
+@pytest.mark.parametrize(
+    ("authorization", "model"),
+    [
+        (PRO, MODEL),
+        (PRO, "auto"),
+        (PRO, "llama-3.1-8b"),  # below pro's floor: accepted
+        (BASIC, MODEL),
+        (BASIC, "economy"),
+    ],
+)
+def test_quote_agrees_with_what_chat_then_does(authorization: str, model: str) -> None:
+    h = _harness()
+    quote = h.service.quote(h.tenant(authorization), _body(model))
+    response = _chat(h, _body(model), authorization)
+    assert response.headers["x-rtcts-model"] == quote["model"]
+    assert response.headers["x-rtcts-decision"] == quote["decision"]
+    assert response.headers["x-rtcts-reason"] == quote["reason"]
+    rtcts = _json(response)["rtcts"]
+    assert rtcts["quoted_price_usd"] == quote["price_usd"]
+    assert h.meters[0].served_model == quote["model"]
+    assert h.meters[0].requested_model == model
+
+
+def test_quote_runs_nothing_and_meters_nothing() -> None:
+    h = _harness()
+    quote = h.service.quote(h.tenant(), _body())
+    assert (quote["object"], quote["decision"], quote["model"]) == ("rtcts.quote", "allow", MODEL)
+    assert quote["policy_version"] == POLICY.version
+    assert h.handle.requests == []
+    assert h.meters == []
+    assert _in_flight(h.state) == 0
