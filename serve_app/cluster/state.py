@@ -39,12 +39,15 @@ class ClusterState:
         clock: Callable[[], float] = time.time,
         load_period_s: float = LOAD_PERIOD_S,
         replica_period_s: float = REPLICA_PERIOD_S,
+        on_replicas: Callable[[ClusterSnapshot], None] | None = None,
     ) -> None:
         self._scaling = dict(scaling)
         self._fetch_reports = fetch_reports
         self._fetch_deployments = fetch_deployments
         self._clock = clock
         self._periods = (load_period_s, replica_period_s)
+        self._on_replicas = on_replicas
+        """Called with a fresh snapshot after each replica refresh (metrics)."""
         self._reports: list[ReplicaReport] = []
         self._deployments: dict[str, DeploymentInfo] | None = None
         self._in_flight: Counter[str] = Counter()
@@ -77,6 +80,8 @@ class ClusterState:
         self._deployments = await self._fetch_deployments()
         self._cached = None
         self.refreshed_at = (self.refreshed_at[0], self._clock())
+        if self._on_replicas is not None:
+            self._on_replicas(self.snapshot())
 
     def begin(self, model_id: str) -> None:
         """A request was sent to `model_id` (exact, immediate)."""

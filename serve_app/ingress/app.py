@@ -31,6 +31,7 @@ from serve_app.ingress.service import ChatService
 from serve_app.metering.meter import MemorySink
 from serve_app.policy import load_policy_dict
 from serve_app.policy.schema import Tenant
+from serve_app.telemetry import RayMetrics
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -59,6 +60,7 @@ class Ingress:
             reports: list[ReplicaReport] = await registry.snapshot.remote()
             return reports
 
+        metrics = RayMetrics()
         state = ClusterState(
             {
                 m.id: Scaling(
@@ -71,9 +73,10 @@ class Ingress:
             },
             fetch_reports,
             adapter.deployments,
+            on_replicas=metrics.live_state,
         )
         state.start()
-        self.service = ChatService(loaded, state, handles, MemorySink())
+        self.service = ChatService(loaded, state, handles, MemorySink(), metrics)
 
     async def _tenant_and_body(self, request: Request) -> tuple[Tenant, ChatCompletionRequest]:
         tenant = self.service.authenticate(request.headers.get("authorization"))

@@ -46,6 +46,7 @@ from serve_app.policy import LoadedPolicy, Tenant
 from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide, quote
 from serve_app.pricing.billing import Bill, bill
 from serve_app.pricing.types import CandidateQuote
+from serve_app.telemetry import Metrics, NoMetrics, span_attributes, tracer
 
 logger = logging.getLogger("rtcts.ingress")
 
@@ -86,6 +87,7 @@ class ChatService:
         state: ClusterState,
         handles: Mapping[str, ModelHandle],
         sink: MeterSink,
+        metrics: Metrics | None = None,
     ) -> None:
         self.policy = policy
         self.book = PriceBook.from_policy(policy.policy, policy.version)
@@ -93,6 +95,7 @@ class ChatService:
         self.tenants = TenantDirectory(policy.policy.tenants)
         self._handles = dict(handles)
         self._sink = sink
+        self._metrics = metrics or NoMetrics()
         self._history = OutputHistory()
         self._credit = {p.id: Fraction(p.sla.credit_fraction) for p in policy.policy.plans}
 
@@ -127,7 +130,25 @@ class ChatService:
         `x-request-id`); without one, an id is made here and sent in that header."""
         own_id = request_id is None
         request_id = request_id or uuid.uuid4().hex
-        price_request, decision = self.decide(tenant, body)
+        with tracer.start_as_current_span("rtcts.decide") as span:
+            price_request, decision = self.decide(tenant, body)
+            span.set_attributes(
+                span_attributes(
+                    {
+                        "request_id": request_id,
+                        "tenant": tenant.id,
+                        "requested_model": body.model,
+                        "model": decision.model_id,
+                        "decision": decision.action.value,
+                        "reason": decision.reason.value,
+                        "price_micro": decision.price_micro,
+                        "policy_version": decision.policy_version,
+                    }
+                )
+            )
+        self._metrics.decision(
+            decision.model_id or body.model, decision.action.value, decision.reason.value
+        )
         if decision.model_id is None or decision.chosen is None:
             raise _refusal(decision)
         model = self.book.models[decision.model_id]
@@ -283,6 +304,12 @@ class ChatService:
             max_price_micro=body.price_cap_micro(),
         )
         self._history.observe(tenant.id, chosen.model_id, served.output_tokens)
+        self._metrics.billed(
+            chosen.model_id,
+            the_bill.billed_micro,
+            chosen.cost_micro,
+            _margin(the_bill.billed_micro, chosen.cost_micro),
+        )
         self._sink.emit(
             self._meter(tenant, body, decision, request_id, served, the_bill, failure=None)
         )
@@ -298,6 +325,7 @@ class ChatService:
     ) -> None:
         """A served request failed or was cancelled: a non-billable meter, never a charge."""
         failure = "cancelled" if not isinstance(exc, Exception) else type(exc).__name__
+        self._metrics.failure(decision.model_id or body.model)
         logger.warning("request %s on %s failed: %s", request_id, decision.model_id, failure)
         self._sink.emit(
             self._meter(tenant, body, decision, request_id, None, None, failure=failure)

@@ -21,7 +21,8 @@ from serve_app.policy import LoadedPolicy
 from serve_app.settings import Settings
 
 APP_NAME = "rtcts"
-DEMO_KEYS = {"rtcts-demo-basic": "demo-basic", "rtcts-demo-pro": "demo-pro"}
+DEMO_KEYS = {"rtcts-demo-pro": "demo-pro", "rtcts-demo-basic": "demo-basic"}
+"""Plain demo keys of policies/default.yaml; the first one is used in the printed curl."""
 
 
 @dataclass(frozen=True)

@@ -490,3 +490,39 @@ def test_quote_runs_nothing_and_meters_nothing() -> None:
     assert h.handle.requests == []
     assert h.meters == []
     assert _in_flight(h.state) == 0
+
+
+# ------------------------------------------------------------------ metrics
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def decision(self, *args: Any) -> None:
+        self.calls.append(("decision", args))
+
+    def billed(self, *args: Any) -> None:
+        self.calls.append(("billed", args))
+
+    def failure(self, *args: Any) -> None:
+        self.calls.append(("failure", args))
+
+    def live_state(self, *args: Any) -> None:
+        self.calls.append(("live_state", args))
+
+
+def test_metrics_record_decisions_bills_and_failures() -> None:
+    h = _harness()
+    metrics = RecordingMetrics()
+    h.service._metrics = metrics
+    _chat(h, _body())
+    assert metrics.calls[0] == ("decision", (MODEL, "allow", "requested_model_feasible"))
+    kind, (model, billed, cost, margin) = metrics.calls[1]
+    assert (kind, model, billed) == ("billed", MODEL, COMPLETION_BILL_MICRO)
+    assert 0 < cost < billed
+    assert margin == pytest.approx((billed - cost) / billed)
+
+    h.handle.error = GenerationFailed("boom")
+    _api_error(h, _body())
+    assert metrics.calls[-1] == ("failure", (MODEL,))
