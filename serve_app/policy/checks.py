@@ -89,3 +89,10 @@ def _check_tenants(policy: Policy) -> Iterator[PolicyIssue]:
                 )
             else:
                 key_owner[digest] = f"tenant '{tenant.id}'"
+    for index, digest in enumerate(policy.admin_api_key_sha256):
+        if digest in key_owner:
+            yield PolicyIssue(
+                f"admin_api_key_sha256[{index}]",
+                f"an admin key must not also be a key of {key_owner[digest]}",
+            )
+        key_owner[digest] = "the admins"

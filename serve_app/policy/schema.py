@@ -199,6 +199,11 @@ class Limits(StrictModel):
         ge=1, description="Prompt plus output tokens per sliding minute."
     )
     monthly_budget_usd: UsdAmount = Field(description="Most spend per calendar month, USD.")
+    on_redis_outage: Literal["fail_open", "fail_closed"] = Field(
+        default="fail_open",
+        description="While Redis is unreachable: keep serving under a local approximate "
+        "limiter (fail_open) or answer 503 (fail_closed).",
+    )
 
 
 class Plan(StrictModel):
@@ -299,3 +304,7 @@ class Policy(StrictModel):
     )
     plans: list[Plan] = Field(min_length=1, description="Price plans.")
     tenants: list[Tenant] = Field(default_factory=list, description="Customers.")
+    admin_api_key_sha256: list[Sha256Hex] = Field(
+        default_factory=list,
+        description="SHA-256 hex digests of admin API keys (admin endpoints; never tenant keys).",
+    )

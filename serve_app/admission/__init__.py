@@ -1,0 +1,29 @@
+"""Tenant admission in Redis: sliding-window request limit, token limit, monthly budget
+with reserve-then-settle, all atomic (Lua scripts in `lua/`), with a fail-open local
+fallback and a circuit breaker."""
+
+from serve_app.admission.gate import AdmissionGate
+from serve_app.admission.redis_store import RedisAdmission
+from serve_app.admission.types import (
+    AdmissionError,
+    AdmissionUnavailable,
+    Admitted,
+    Limits,
+    RefusalCode,
+    Refused,
+    Ticket,
+    Usage,
+)
+
+__all__ = [
+    "AdmissionError",
+    "AdmissionGate",
+    "AdmissionUnavailable",
+    "Admitted",
+    "Limits",
+    "RedisAdmission",
+    "RefusalCode",
+    "Refused",
+    "Ticket",
+    "Usage",
+]

@@ -1,0 +1,135 @@
+"""The admission gate the ingress calls: Redis when it answers, else the plan's outage
+policy (fail-open: the local approximate limiter; fail-closed: `AdmissionUnavailable`).
+
+Guarantees:
+- the request path never waits on Redis longer than `timeout_s` (hard bound with
+  `asyncio.wait_for`, on top of the client's socket timeouts), and while the circuit
+  breaker is open it does not wait at all;
+- the switch to the fallback and the return to Redis are logged once each and counted;
+- a settle that cannot reach Redis is kept and retried (oldest first) after the next
+  successful call, so verified usage is not lost; reservations it would have released
+  expire in Redis on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from serve_app.admission.breaker import CircuitBreaker
+from serve_app.admission.local import LocalLimiter
+from serve_app.admission.redis_store import RedisAdmission
+from serve_app.admission.types import (
+    AdmissionUnavailable,
+    Admitted,
+    Limits,
+    Refused,
+    Ticket,
+    Usage,
+)
+
+logger = logging.getLogger("rtcts.admission")
+
+DEFAULT_TIMEOUT_S = 0.1
+MAX_PENDING_SETTLES = 100_000
+
+
+class AdmissionGate:
+    def __init__(
+        self,
+        store: RedisAdmission,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._timeout_s = timeout_s
+        self._breaker = breaker or CircuitBreaker()
+        self._local = LocalLimiter()
+        self._clock = clock
+        self._pending: deque[tuple[str, str, int, int]] = deque(maxlen=MAX_PENDING_SETTLES)
+        self.outages = 0
+        self.degraded_admissions = 0
+
+    @property
+    def redis_up(self) -> bool:
+        return not self._breaker.is_open
+
+    async def admit(self, ticket: Ticket, limits: Limits, *, fail_open: bool) -> Admitted | Refused:
+        if self._breaker.allow():
+            try:
+                result: Admitted | Refused = await self._call(self._store.admit(ticket, limits))
+            except _REDIS_ERRORS as exc:
+                self._down(exc)
+            else:
+                if isinstance(result, Admitted):
+                    self._local.last_settled_micro[ticket.tenant_id] = result.settled_micro
+                await self._up()
+                return result
+        if not fail_open:
+            raise AdmissionUnavailable("admission is temporarily unavailable; retry shortly")
+        self.degraded_admissions += 1
+        return self._local.admit(ticket, limits, self._clock())
+
+    async def settle(self, tenant_id: str, request_id: str, tokens: int, billed_micro: int) -> None:
+        """Settle a request (0 tokens and 0 billed for a failed one). Never raises."""
+        if self._local.settle(tenant_id, request_id, billed_micro):
+            return  # admitted during an outage: Redis never held its reservation
+        item = (tenant_id, request_id, tokens, billed_micro)
+        if not self._breaker.allow():
+            self._pending.append(item)
+            return
+        try:
+            await self._call(self._store.settle(*item))
+        except _REDIS_ERRORS as exc:
+            self._down(exc)
+            self._pending.append(item)
+        else:
+            await self._up()
+
+    async def usage(self, tenant_id: str) -> Usage:
+        if not self._breaker.allow():
+            raise AdmissionUnavailable("usage is temporarily unavailable; retry shortly")
+        try:
+            result: Usage = await self._call(self._store.usage(tenant_id))
+        except _REDIS_ERRORS as exc:
+            self._down(exc)
+            raise AdmissionUnavailable("usage is temporarily unavailable; retry shortly") from None
+        await self._up()
+        return result
+
+    async def _call(self, coro: Any) -> Any:
+        return await asyncio.wait_for(coro, self._timeout_s)
+
+    def _down(self, exc: BaseException) -> None:
+        if self._breaker.failure():
+            self.outages += 1
+            logger.warning(
+                "Redis unreachable (%s): admission falls back by plan", type(exc).__name__
+            )
+
+    async def _up(self) -> None:
+        if self._breaker.success():
+            logger.warning("Redis reachable again: admission back on Redis")
+        while self._pending:
+            item = self._pending[0]
+            try:
+                await self._call(self._store.settle(*item))
+            except _REDIS_ERRORS as exc:
+                self._down(exc)
+                return
+            self._pending.popleft()
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+
+
+_REDIS_ERRORS = _redis_errors()

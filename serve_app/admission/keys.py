@@ -1,0 +1,43 @@
+"""Redis key names. Every key of a tenant carries the hash tag `{tenant}`, so each Lua
+script touches one Redis Cluster slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "rtcts:adm"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantKeys:
+    tenant_id: str
+
+    def _key(self, name: str) -> str:
+        return f"{PREFIX}:{{{self.tenant_id}}}:{name}"
+
+    @property
+    def requests(self) -> str:
+        return self._key("req")
+
+    @property
+    def tokens(self) -> str:
+        return self._key("tok")
+
+    def month(self, month: str) -> str:
+        return self._key(f"month:{month}")
+
+    @property
+    def reserved(self) -> str:
+        return self._key("reserved")
+
+    @property
+    def reservations(self) -> str:
+        return self._key("resv")
+
+    @property
+    def reservation_data(self) -> str:
+        return self._key("resvdata")
+
+    @property
+    def settled(self) -> str:
+        return self._key("settled")

@@ -1,0 +1,42 @@
+-- Settle one admitted request to its verified figures, exactly once.
+-- KEYS[1] tokens  KEYS[2] month  KEYS[3] reserved  KEYS[4] resv  KEYS[5] resvdata
+-- KEYS[6] settled ZSET of settled request ids (score = time), trimmed to the last hour
+-- ARGV: now_ms, request_id, tokens (verified; 0 for a failed request), billed_micro
+-- Returns 1 when settled now, 0 when this id was already settled (a retry).
+local now = tonumber(ARGV[1])
+local id = ARGV[2]
+local tokens = tonumber(ARGV[3])
+local billed = tonumber(ARGV[4])
+local second = math.floor(now / 1000)
+
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - 3600000)
+if redis.call('ZSCORE', KEYS[6], id) then
+  return 0
+end
+redis.call('ZADD', KEYS[6], now, id)
+redis.call('PEXPIRE', KEYS[6], 3600000)
+
+local data = redis.call('HGET', KEYS[5], id)
+if data then
+  local t, s, a = string.match(data, '^(%d+):(%d+):(%d+)$')
+  redis.call('DECRBY', KEYS[3], a)
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('ZREM', KEYS[4], id)
+  if tonumber(s) > second - 60 then
+    -- Move the reserved estimate to the verified count, in the bucket it was taken in.
+    redis.call('HINCRBY', KEYS[1], s, tokens - tonumber(t))
+  elseif tokens > 0 then
+    redis.call('HINCRBY', KEYS[1], second, tokens)
+  end
+elseif tokens > 0 then
+  -- The reservation had expired (released already): count the verified tokens now.
+  redis.call('HINCRBY', KEYS[1], second, tokens)
+end
+redis.call('PEXPIRE', KEYS[1], 62000)
+if billed > 0 or tokens > 0 then
+  redis.call('HINCRBY', KEYS[2], 'settled_micro', billed)
+  redis.call('HINCRBY', KEYS[2], 'tokens', tokens)
+  redis.call('HINCRBY', KEYS[2], 'requests', 1)
+  redis.call('PEXPIRE', KEYS[2], 40 * 86400000)
+end
+return 1

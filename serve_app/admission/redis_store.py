@@ -1,0 +1,118 @@
+"""Admission in Redis: the two Lua scripts beside this file, one round trip each.
+
+`admit` checks and records, atomically, the sliding-window request limit, the token
+limit and the monthly budget (reserving the request's estimated tokens and worst-case
+price); `settle` moves a reservation to the verified tokens and billed amount, exactly
+once per request id. Reservations of requests that never settle (the ingress died)
+expire after `reservation_ttl_s` and are released by the next `admit`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from serve_app.admission.keys import TenantKeys
+from serve_app.admission.types import Admitted, Limits, RefusalCode, Refused, Ticket, Usage
+
+LUA_DIR = Path(__file__).with_name("lua")
+ADMIT_LUA = (LUA_DIR / "admit.lua").read_text(encoding="utf-8")
+SETTLE_LUA = (LUA_DIR / "settle.lua").read_text(encoding="utf-8")
+RESERVATION_TTL_S = 600.0
+
+
+def month_of(now_s: float) -> str:
+    return datetime.fromtimestamp(now_s, UTC).strftime("%Y-%m")
+
+
+class RedisAdmission:
+    """Admission state of every tenant in one Redis (or Redis Cluster)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        reservation_ttl_s: float = RESERVATION_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._admit = client.register_script(ADMIT_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._ttl_ms = int(reservation_ttl_s * 1000)
+        self._clock = clock
+
+    async def admit(self, ticket: Ticket, limits: Limits) -> Admitted | Refused:
+        now_s = self._clock()
+        k = TenantKeys(ticket.tenant_id)
+        result = await self._admit(
+            keys=[
+                k.requests,
+                k.tokens,
+                k.month(month_of(now_s)),
+                k.reserved,
+                k.reservations,
+                k.reservation_data,
+            ],
+            args=[
+                int(now_s * 1000),
+                ticket.request_id,
+                limits.requests_per_minute,
+                limits.tokens_per_minute,
+                limits.monthly_budget_micro,
+                max(0, ticket.tokens),
+                max(0, ticket.amount_micro),
+                1 if ticket.reserve else 0,
+                self._ttl_ms,
+            ],
+        )
+        if int(result[0]) == 1:
+            return Admitted(int(result[1]), int(result[2]), int(result[3]), int(result[4]))
+        code = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
+        wait_ms = int(result[2])
+        return Refused(RefusalCode(code), None if wait_ms < 0 else max(wait_ms, 1) / 1000)
+
+    async def settle(self, tenant_id: str, request_id: str, tokens: int, billed_micro: int) -> bool:
+        """Settle to verified figures (0 and 0 for a failed request). False: already done."""
+        now_s = self._clock()
+        k = TenantKeys(tenant_id)
+        done = await self._settle(
+            keys=[
+                k.tokens,
+                k.month(month_of(now_s)),
+                k.reserved,
+                k.reservations,
+                k.reservation_data,
+                k.settled,
+            ],
+            args=[int(now_s * 1000), request_id, max(0, tokens), max(0, billed_micro)],
+        )
+        return int(done) == 1
+
+    async def usage(self, tenant_id: str) -> Usage:
+        now_s = self._clock()
+        now_ms = int(now_s * 1000)
+        k = TenantKeys(tenant_id)
+        month = month_of(now_s)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zcount(k.requests, now_ms - 60_000, "+inf")
+            pipe.hgetall(k.tokens)
+            pipe.hgetall(k.month(month))
+            pipe.get(k.reserved)
+            requests, buckets, totals, reserved = await pipe.execute()
+        second = now_ms // 1000
+        tokens = sum(int(v) for s, v in buckets.items() if int(s) > second - 60)
+        totals = {
+            key.decode() if isinstance(key, bytes) else key: int(v) for key, v in totals.items()
+        }
+        return Usage(
+            requests_in_window=int(requests),
+            tokens_in_window=tokens,
+            month=month,
+            settled_micro=totals.get("settled_micro", 0),
+            reserved_micro=int(reserved or 0),
+            billed_requests=totals.get("requests", 0),
+            billed_tokens=totals.get("tokens", 0),
+        )
