@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
+from serve_app.admission.gate import DEFAULT_TIMEOUT_S
 from serve_app.errors import PolicyError, PolicyIssue
 from serve_app.ingress.app import Ingress
 from serve_app.models.deployment import ModelServer
@@ -46,6 +47,17 @@ class AppArgs(BaseModel):
     )
     failure_rate: float = Field(
         default=0.0, ge=0, lt=1, description="Simulated models fail this share of requests."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for admission (limits, budgets); None serves without admission.",
+        repr=False,
+    )
+    redis_timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S,
+        gt=0,
+        le=10,
+        description="Longest wait on Redis in the request path.",
     )
     natural_output: bool = Field(
         default=True,
@@ -117,7 +129,12 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         ray_actor_options={"num_cpus": 0},
     )
     return ingress.bind(  # type: ignore[no-any-return]
-        loaded.policy.model_dump(mode="json"), handles, app_args.app_name, loaded.source
+        loaded.policy.model_dump(mode="json"),
+        handles,
+        app_args.app_name,
+        loaded.source,
+        app_args.redis_url,
+        app_args.redis_timeout_s,
     )
 
 

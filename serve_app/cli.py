@@ -7,6 +7,8 @@
     rtcts run [--policy P] [--port N] [--time-scale X]
                                     serve locally until Ctrl-C (what `make run` calls)
     rtcts serve-config [--policy P] the Serve config file of a policy (serve_config.yaml)
+    rtcts demo [--url U] [--speed X] [--duration-s S] [--dry-run] ...
+                                    replay a trace against a running rtcts, live table
 
 Errors are one line each on stderr with a non-zero exit; never a stack trace.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from serve_app.errors import RtctsError
 from serve_app.policy import hash_api_key, load_policy_file
@@ -72,6 +75,33 @@ def _parser() -> argparse.ArgumentParser:
         help="simulated models run this much slower (0.1 = 10x faster; default 1)",
     )
     run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="replay a time-compressed trace against a running rtcts, with a live table",
+        description="Replay ../shared/data/azure_llm_trace_conv_2023.csv, time-compressed, "
+        "against an rtcts that is already running (start it first in another terminal with "
+        "`make run` or `rtcts run`), and show a live table of models, replicas, queue, "
+        "cost per 1M tokens, margins and pricing decisions; a summary at the end.",
+    )
+    demo.add_argument("--url", default="http://127.0.0.1:8000", help="rtcts (default %(default)s)")
+    demo.add_argument("--key", default="rtcts-demo-pro", help="API key (default %(default)s)")
+    demo.add_argument(
+        "--speed",
+        type=_non_negative_float,
+        default=3.0,
+        help="time compression (default 3: within the pro plan's token limit)",
+    )
+    demo.add_argument(
+        "--duration-s", type=_non_negative_float, default=180.0, help="traffic seconds (180)"
+    )
+    demo.add_argument("--trace", type=Path, default=None, help="trace CSV (default: shared)")
+    demo.add_argument("--model", default="auto", help="model or route alias (default auto)")
+    demo.add_argument(
+        "--max-concurrency", type=_positive_int, default=256, help="in flight at most (256)"
+    )
+    demo.add_argument("--dry-run", action="store_true", help="only print what would be sent")
+    demo.set_defaults(handler=_demo)
 
     config = commands.add_parser("serve-config", help="print the Serve config file of a policy")
     config.add_argument("--policy", default=None, help="policy file (env RTCTS_POLICY_PATH)")
@@ -145,6 +175,23 @@ def _run(args: argparse.Namespace) -> int:
     )
     print("rtcts: stopped", flush=True)
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from serve_app.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            url=args.url,
+            key=args.key,
+            speed=args.speed,
+            duration_s=args.duration_s,
+            trace=args.trace,
+            model=args.model,
+            max_concurrency=args.max_concurrency,
+            dry_run=args.dry_run,
+        )
+    )
 
 
 def _serve_config(args: argparse.Namespace) -> int:

@@ -24,7 +24,9 @@ from opentelemetry import trace
 
 from serve_app.pricing.types import ClusterSnapshot
 
-MARGIN_BUCKETS = [-1.0, -0.5, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+MARGIN_BUCKETS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+"""Ray histograms take positive boundaries only: zero and negative margins fall in the
+first bucket (`rtcts_billed_usd_total - rtcts_cost_usd_total` gives the exact sum)."""
 
 tracer = trace.get_tracer("rtcts")
 

@@ -5,6 +5,9 @@ Guarantees:
 - the request path never waits on Redis longer than `timeout_s` (hard bound with
   `asyncio.wait_for`, on top of the client's socket timeouts), and while the circuit
   breaker is open it does not wait at all;
+- a limit is never exceeded because of a slow answer: a timed-out call may have been
+  admitted in Redis, so before an outage is established (breaker open) it is answered
+  with a retryable 503, not admitted again locally; refused connections fall back at once;
 - the switch to the fallback and the return to Redis are logged once each and counted;
 - a settle that cannot reach Redis is kept and retried (oldest first) after the next
   successful call, so verified usage is not lost; reservations it would have released
@@ -34,7 +37,12 @@ from serve_app.admission.types import (
 
 logger = logging.getLogger("rtcts.admission")
 
-DEFAULT_TIMEOUT_S = 0.1
+DEFAULT_TIMEOUT_S = 2.0
+"""Bounds the wait on Redis, event-loop delays included. Generous on purpose: Redis
+answers in well under a millisecond, but under a burst the ingress's own event loop can
+be busy for hundreds of milliseconds, and a slow answer must not read as an outage (a
+timed-out call may still have been admitted in Redis). A dead Redis refuses connections
+at once; a hung one costs this much for a few requests, until the breaker opens."""
 MAX_PENDING_SETTLES = 100_000
 
 
@@ -55,10 +63,21 @@ class AdmissionGate:
         self._pending: deque[tuple[str, str, int, int]] = deque(maxlen=MAX_PENDING_SETTLES)
         self.outages = 0
         self.degraded_admissions = 0
+        self.failures: dict[str, int] = {}
+        """Failed Redis calls by exception type (for /healthz)."""
 
     @property
     def redis_up(self) -> bool:
         return not self._breaker.is_open
+
+    def health(self) -> dict[str, object]:
+        return {
+            "redis_up": self.redis_up,
+            "outages": self.outages,
+            "degraded_admissions": self.degraded_admissions,
+            "failed_calls": dict(self.failures),
+            "pending_settles": len(self._pending),
+        }
 
     async def admit(self, ticket: Ticket, limits: Limits, *, fail_open: bool) -> Admitted | Refused:
         if self._breaker.allow():
@@ -66,6 +85,11 @@ class AdmissionGate:
                 result: Admitted | Refused = await self._call(self._store.admit(ticket, limits))
             except _REDIS_ERRORS as exc:
                 self._down(exc)
+                if _ambiguous(exc) and not self._breaker.is_open:
+                    # A timed-out call may have been admitted in Redis: admitting it again
+                    # locally could exceed the limit. Until an outage is established (the
+                    # breaker opens), such a request gets a retryable 503.
+                    raise AdmissionUnavailable("admission timed out; retry shortly") from None
             else:
                 if isinstance(result, Admitted):
                     self._local.last_settled_micro[ticket.tenant_id] = result.settled_micro
@@ -107,6 +131,8 @@ class AdmissionGate:
         return await asyncio.wait_for(coro, self._timeout_s)
 
     def _down(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        self.failures[name] = self.failures.get(name, 0) + 1
         if self._breaker.failure():
             self.outages += 1
             logger.warning(
@@ -124,6 +150,13 @@ class AdmissionGate:
                 self._down(exc)
                 return
             self._pending.popleft()
+
+
+def _ambiguous(exc: BaseException) -> bool:
+    """A timeout leaves the outcome unknown; a refused or reset connection does not."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, TimeoutError | asyncio.TimeoutError | RedisTimeoutError)
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

@@ -36,16 +36,25 @@ class RedisAdmission:
         client: Any,
         *,
         reservation_ttl_s: float = RESERVATION_TTL_S,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock` None (production) makes the scripts use Redis's clock, one clock for
+        every ingress replica; tests pass a fake one."""
         self._client = client
         self._admit = client.register_script(ADMIT_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._ttl_ms = int(reservation_ttl_s * 1000)
         self._clock = clock
 
-    async def admit(self, ticket: Ticket, limits: Limits) -> Admitted | Refused:
+    def _now(self) -> tuple[float, int]:
+        """(seconds for the month key, milliseconds for the script: 0 = Redis's clock)."""
+        if self._clock is None:
+            return time.time(), 0
         now_s = self._clock()
+        return now_s, int(now_s * 1000)
+
+    async def admit(self, ticket: Ticket, limits: Limits) -> Admitted | Refused:
+        now_s, now_ms = self._now()
         k = TenantKeys(ticket.tenant_id)
         result = await self._admit(
             keys=[
@@ -57,7 +66,7 @@ class RedisAdmission:
                 k.reservation_data,
             ],
             args=[
-                int(now_s * 1000),
+                now_ms,
                 ticket.request_id,
                 limits.requests_per_minute,
                 limits.tokens_per_minute,
@@ -76,7 +85,7 @@ class RedisAdmission:
 
     async def settle(self, tenant_id: str, request_id: str, tokens: int, billed_micro: int) -> bool:
         """Settle to verified figures (0 and 0 for a failed request). False: already done."""
-        now_s = self._clock()
+        now_s, now_ms = self._now()
         k = TenantKeys(tenant_id)
         done = await self._settle(
             keys=[
@@ -87,13 +96,15 @@ class RedisAdmission:
                 k.reservation_data,
                 k.settled,
             ],
-            args=[int(now_s * 1000), request_id, max(0, tokens), max(0, billed_micro)],
+            args=[now_ms, request_id, max(0, tokens), max(0, billed_micro)],
         )
         return int(done) == 1
 
     async def usage(self, tenant_id: str) -> Usage:
-        now_s = self._clock()
-        now_ms = int(now_s * 1000)
+        now_s, now_ms = self._now()
+        if now_ms == 0:
+            seconds, micros = await self._client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
         k = TenantKeys(tenant_id)
         month = month_of(now_s)
         async with self._client.pipeline(transaction=False) as pipe:

@@ -15,11 +15,14 @@ nothing about the API but 401.
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 
+from serve_app.admission import AdmissionGate, RedisAdmission
+from serve_app.admission.gate import DEFAULT_TIMEOUT_S
 from serve_app.cluster.registry import get_or_create_registry
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import ServeControllerAdapter
@@ -51,6 +54,8 @@ class Ingress:
         handles: dict[str, Any],
         app_name: str,
         policy_source: str = "<policy>",
+        redis_url: str | None = None,
+        redis_timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         loaded = load_policy_dict(policy, source=policy_source)
         registry = get_or_create_registry()
@@ -76,7 +81,17 @@ class Ingress:
             on_replicas=metrics.live_state,
         )
         state.start()
-        self.service = ChatService(loaded, state, handles, MemorySink(), metrics)
+        admission = None
+        if redis_url is not None:
+            client = aioredis.Redis.from_url(
+                redis_url,
+                socket_timeout=redis_timeout_s,
+                socket_connect_timeout=redis_timeout_s,
+            )
+            admission = AdmissionGate(RedisAdmission(client), timeout_s=redis_timeout_s)
+        self.service = ChatService(
+            loaded, state, handles, MemorySink(), metrics, admission=admission
+        )
 
     async def _tenant_and_body(self, request: Request) -> tuple[Tenant, ChatCompletionRequest]:
         tenant = self.service.authenticate(request.headers.get("authorization"))
@@ -104,6 +119,23 @@ class Ingress:
         tenant = self.service.authenticate(request.headers.get("authorization"))
         return JSONResponse(self.service.models(tenant).model_dump(mode="json", exclude_none=True))
 
+    @app.get("/v1/usage")
+    async def usage(self, request: Request) -> JSONResponse:
+        tenant = self.service.authenticate(request.headers.get("authorization"))
+        return JSONResponse(await self.service.usage(tenant))
+
+    @app.get("/v1/admin/usage/{tenant_id}")
+    async def admin_usage(self, tenant_id: str, request: Request) -> JSONResponse:
+        authorization = request.headers.get("authorization")
+        if not self.service.is_admin(authorization):
+            if self.service.tenants.authenticate(authorization) is not None:
+                raise errors.forbidden("This endpoint needs an admin key.")
+            raise errors.unauthorized()
+        tenant = self.service.tenant_by_id(tenant_id)
+        if tenant is None:
+            raise errors.ApiError(404, f"No tenant '{tenant_id}'.", code="tenant_not_found")
+        return JSONResponse(await self.service.usage(tenant))
+
     @app.get("/v1/cluster")
     async def cluster(self, request: Request) -> JSONResponse:
         tenant = self.service.authenticate(request.headers.get("authorization"))
@@ -119,8 +151,11 @@ class Ingress:
                 "policy_version": self.service.policy.version,
                 "load_age_s": round(now - load_at, 3) if load_at else None,
                 "replicas_age_s": round(now - replicas_at, 3) if replicas_at else None,
+                "admission": self.service.admission_health(),
             }
         )
 
     async def __del__(self) -> None:
-        await self.service.state.stop()
+        service = getattr(self, "service", None)  # absent if the constructor failed
+        if service is not None:
+            await service.state.stop()

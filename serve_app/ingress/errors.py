@@ -19,7 +19,12 @@ Messages never carry internal detail: errors the client cannot act on become a g
     price_cap_exceeded()         402    invalid_request_error  price_cap_exceeded
     payload_too_large()          413    invalid_request_error  payload_too_large
     throttled()                  429    rate_limit_error       margin_throttled (Retry-After)
+    refused("rate_limited")      429    rate_limit_error       rate_limited (Retry-After)
+    refused("tokens_limited")    429    rate_limit_error       tokens_limited (Retry-After)
+    refused("budget_exceeded")   402    invalid_request_error  budget_exceeded
+    forbidden()                  403    invalid_request_error  forbidden
     no_capacity()                503    server_error           no_capacity
+    admission_unavailable()      503    server_error           admission_unavailable
     request validation           400    invalid_request_error  None or unsupported_parameter
 """
 
@@ -139,6 +144,41 @@ def throttled(retry_after_s: float, reason: str) -> ApiError:
         code="margin_throttled",
         headers={"Retry-After": wait},
     )
+
+
+def refused(code: str, retry_after_s: float | None) -> ApiError:
+    """429 for a request or token limit, 402 for the monthly budget (admission)."""
+    if code == "budget_exceeded":
+        return ApiError(
+            402,
+            "Your monthly budget would be exceeded by this request.",
+            code=code,
+        )
+    headers = {} if retry_after_s is None else {"Retry-After": retry_after_header(retry_after_s)}
+    what = "requests" if code == "rate_limited" else "tokens"
+    if retry_after_s is None:
+        message = f"This request alone exceeds your {what} per minute limit."
+    else:
+        message = (
+            f"Rate limit of {what} per minute reached; retry after {headers['Retry-After']} s."
+        )
+    return ApiError(429, message, type=RATE_LIMIT, code=code, headers=headers)
+
+
+def admission_unavailable() -> ApiError:
+    """503: the admission store is down and the plan fails closed."""
+    return ApiError(
+        503,
+        "Admission is temporarily unavailable; retry shortly.",
+        type=SERVER_ERROR,
+        code="admission_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+def forbidden(message: str) -> ApiError:
+    """403 for a valid key that may not use this endpoint."""
+    return ApiError(403, message, code="forbidden")
 
 
 def no_capacity(retry_after_s: float | None = None) -> ApiError:

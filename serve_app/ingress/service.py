@@ -11,7 +11,10 @@ top to bottom:
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +24,7 @@ from typing import Any, Protocol
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from serve_app.admission import AdmissionGate, AdmissionUnavailable, Limits, Refused, Ticket
 from serve_app.cluster.state import ClusterState
 from serve_app.ingress import errors
 from serve_app.ingress.auth import TenantDirectory
@@ -42,9 +46,10 @@ from serve_app.ingress.protocol import (
 from serve_app.metering.meter import Meter, MeterSink, new_meter_id
 from serve_app.models.backend import BackendError, Completion, Delta, GenerationRequest
 from serve_app.models.tokens import count_chat_tokens
-from serve_app.policy import LoadedPolicy, Tenant
+from serve_app.policy import LoadedPolicy, Tenant, hash_api_key
 from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide, quote
 from serve_app.pricing.billing import Bill, bill
+from serve_app.pricing.book import usd_to_micro
 from serve_app.pricing.types import CandidateQuote
 from serve_app.telemetry import Metrics, NoMetrics, span_attributes, tracer
 
@@ -88,6 +93,7 @@ class ChatService:
         handles: Mapping[str, ModelHandle],
         sink: MeterSink,
         metrics: Metrics | None = None,
+        admission: AdmissionGate | None = None,
     ) -> None:
         self.policy = policy
         self.book = PriceBook.from_policy(policy.policy, policy.version)
@@ -96,6 +102,20 @@ class ChatService:
         self._handles = dict(handles)
         self._sink = sink
         self._metrics = metrics or NoMetrics()
+        self._admission = admission
+        self._limits = {
+            p.id: Limits(
+                p.limits.requests_per_minute,
+                p.limits.tokens_per_minute,
+                usd_to_micro(p.limits.monthly_budget_usd),
+            )
+            for p in policy.policy.plans
+        }
+        self._fail_open = {
+            p.id: p.limits.on_redis_outage == "fail_open" for p in policy.policy.plans
+        }
+        self._admins = frozenset(policy.policy.admin_api_key_sha256)
+        self._background: set[asyncio.Task[None]] = set()
         self._history = OutputHistory()
         self._credit = {p.id: Fraction(p.sla.credit_fraction) for p in policy.policy.plans}
 
@@ -149,6 +169,7 @@ class ChatService:
         self._metrics.decision(
             decision.model_id or body.model, decision.action.value, decision.reason.value
         )
+        await self._admit(tenant, request_id, decision, body.price_cap_micro())
         if decision.model_id is None or decision.chosen is None:
             raise _refusal(decision)
         model = self.book.models[decision.model_id]
@@ -281,6 +302,90 @@ class ChatService:
             yield chunk(choices=[], rtcts=rtcts)
         yield SSE_DONE
 
+    # ------------------------------------------------------------------ admission
+
+    async def _admit(
+        self, tenant: Tenant, request_id: str, decision: Decision, cap_micro: int | None
+    ) -> None:
+        """One Redis round trip: count the request; when it will be served, reserve its
+        estimated tokens and worst-case price. Refusals become 429 / 402 / 503."""
+        if self._admission is None:
+            return
+        chosen = decision.chosen
+        ticket = Ticket(
+            tenant_id=tenant.id,
+            request_id=request_id,
+            tokens=chosen.input_tokens + chosen.predicted_output_tokens if chosen else 0,
+            amount_micro=_worst_case_micro(decision, cap_micro),
+            reserve=chosen is not None,
+        )
+        try:
+            result = await self._admission.admit(
+                ticket, self._limits[tenant.plan], fail_open=self._fail_open[tenant.plan]
+            )
+        except AdmissionUnavailable:
+            raise errors.admission_unavailable() from None
+        if isinstance(result, Refused):
+            raise errors.refused(result.code.value, result.retry_after_s)
+
+    def _settle_admission(self, tenant: Tenant, request_id: str, tokens: int, billed: int) -> None:
+        """Settle the reservation in the background (the gate retries if Redis is down)."""
+        if self._admission is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._admission.settle(tenant.id, request_id, tokens, billed)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def usage(self, tenant: Tenant) -> dict[str, Any]:
+        """The tenant's current window and month, limits and what is left."""
+        if self._admission is None:
+            raise errors.admission_unavailable()
+        try:
+            usage = await self._admission.usage(tenant.id)
+        except AdmissionUnavailable:
+            raise errors.admission_unavailable() from None
+        limits = self._limits[tenant.plan]
+        spent = usage.settled_micro + usage.reserved_micro
+        return {
+            "object": "rtcts.usage",
+            "tenant": tenant.id,
+            "plan": tenant.plan,
+            "window": {
+                "seconds": 60,
+                "requests": usage.requests_in_window,
+                "requests_limit": limits.requests_per_minute,
+                "requests_remaining": max(0, limits.requests_per_minute - usage.requests_in_window),
+                "tokens": usage.tokens_in_window,
+                "tokens_limit": limits.tokens_per_minute,
+                "tokens_remaining": max(0, limits.tokens_per_minute - usage.tokens_in_window),
+            },
+            "month": {
+                "month": usage.month,
+                "settled_usd": _usd(usage.settled_micro),
+                "reserved_usd": _usd(usage.reserved_micro),
+                "budget_usd": _usd(limits.monthly_budget_micro),
+                "remaining_usd": _usd(max(0, limits.monthly_budget_micro - spent)),
+                "billed_requests": usage.billed_requests,
+                "billed_tokens": usage.billed_tokens,
+            },
+        }
+
+    def admission_health(self) -> dict[str, object] | None:
+        return None if self._admission is None else self._admission.health()
+
+    def is_admin(self, authorization: str | None) -> bool:
+        """Whether the header carries an admin key (constant-time digest comparison)."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return False
+        digest = hash_api_key(key.strip())
+        return any(hmac.compare_digest(digest, admin) for admin in self._admins)
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        return next((t for t in self.policy.policy.tenants if t.id == tenant_id), None)
+
     # ------------------------------------------------------------------ meters
 
     def _settle(
@@ -304,6 +409,9 @@ class ChatService:
             max_price_micro=body.price_cap_micro(),
         )
         self._history.observe(tenant.id, chosen.model_id, served.output_tokens)
+        self._settle_admission(
+            tenant, request_id, served.input_tokens + served.output_tokens, the_bill.billed_micro
+        )
         self._metrics.billed(
             chosen.model_id,
             the_bill.billed_micro,
@@ -326,6 +434,7 @@ class ChatService:
         """A served request failed or was cancelled: a non-billable meter, never a charge."""
         failure = "cancelled" if not isinstance(exc, Exception) else type(exc).__name__
         self._metrics.failure(decision.model_id or body.model)
+        self._settle_admission(tenant, request_id, 0, 0)  # failed: release, never charge
         logger.warning("request %s on %s failed: %s", request_id, decision.model_id, failure)
         self._sink.emit(
             self._meter(tenant, body, decision, request_id, None, None, failure=failure)
@@ -513,6 +622,15 @@ def verified_json(decision: Decision, the_bill: Bill, served: Served) -> dict[st
 
 def _margin(price_micro: int, cost_micro: int) -> float:
     return (price_micro - cost_micro) / price_micro if price_micro else 0.0
+
+
+def _worst_case_micro(decision: Decision, cap_micro: int | None) -> int:
+    """The most this request can be billed: worst-case tokens at the decision's terms."""
+    chosen = decision.chosen
+    if chosen is None:
+        return 0
+    scaled = math.ceil(chosen.worst_case_price_micro * decision.surcharge_multiplier)
+    return scaled if cap_micro is None else min(scaled, cap_micro)
 
 
 def _refusal(decision: Decision) -> errors.ApiError:

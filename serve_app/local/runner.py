@@ -73,6 +73,7 @@ def serve_locally(
                     "policy": loaded.policy.model_dump(mode="json"),
                     "time_scale": time_scale,
                     "app_name": APP_NAME,
+                    "redis_url": redis_url,
                 }
             ),
             name=APP_NAME,

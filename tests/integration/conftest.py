@@ -19,7 +19,8 @@ import pytest
 
 POLICY = Path(__file__).with_name("policy.yaml")
 APP_NAME = "rtcts-it"
-KEYS = {"flex": "it-flex", "strict": "it-strict", "premium": "it-premium"}
+KEYS = {plan: f"it-{plan}" for plan in ("flex", "strict", "premium", "limited", "budget", "closed")}
+ADMIN_KEY = "it-admin"
 
 
 def free_port() -> int:
@@ -62,14 +63,22 @@ def ray_serve() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def app_url(ray_serve: str) -> str:
+def app_url(ray_serve: str, redis_url: str) -> str:
     """The rtcts app deployed from the integration policy, live state flowing."""
     from ray import serve
 
     from serve_app.builder import build_app
 
     serve.run(
-        build_app({"policy_path": str(POLICY), "natural_output": False, "app_name": APP_NAME}),
+        build_app(
+            {
+                "policy_path": str(POLICY),
+                "natural_output": False,
+                "app_name": APP_NAME,
+                "redis_url": redis_url,
+                "ingress_replicas": 2,
+            }
+        ),
         name=APP_NAME,
         route_prefix="/",
     )

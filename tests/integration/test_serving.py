@@ -74,7 +74,9 @@ def test_response_headers_carry_the_price(app_url: str) -> None:
 
 
 def test_quote_and_served_decision_agree(app_url: str) -> None:
-    body = chat_body("mid", max_tokens=7)
+    # max_tokens below every output this tenant has had on mid: the prediction (and so
+    # the price) does not depend on which ingress replica's history answers.
+    body = chat_body("mid", max_tokens=4)
     quote = httpx.post(f"{app_url}/v1/quote", json=body, headers=auth("premium")).json()
     served = httpx.post(f"{app_url}/v1/chat/completions", json=body, headers=auth("premium"))
     assert served.status_code == 200
@@ -216,9 +218,12 @@ def test_killed_replica_gives_a_clean_error_and_the_app_recovers(app_url: str) -
     thread = threading.Thread(target=call)
     thread.start()
     wait_until(
-        lambda: httpx.get(f"{app_url}/v1/cluster", headers=auth("flex")).json()["models"]["mid"][
-            "in_flight_here"
-        ],
+        lambda: any(
+            r["running"]
+            for r in httpx.get(f"{app_url}/v1/cluster", headers=auth("flex")).json()["models"][
+                "mid"
+            ]["replicas"]
+        ),
         timeout_s=10,
         every_s=0.02,
     )

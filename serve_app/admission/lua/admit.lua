@@ -8,11 +8,16 @@
 -- KEYS[4] reserved  STRING total micro-USD reserved by requests in flight
 -- KEYS[5] resv      ZSET  member = request id, score = reservation expiry (ms)
 -- KEYS[6] resvdata  HASH  field = request id, value = "tokens:second:amount_micro"
--- ARGV: now_ms, request_id, rpm_limit, tpm_limit, budget_micro, tokens, amount_micro,
+-- ARGV: now_ms (0: use Redis's clock), request_id, rpm_limit, tpm_limit, budget_micro, tokens, amount_micro,
 --       reserve (1: reserve tokens and spend; 0: count the request only), ttl_ms
 -- Returns {1, requests_in_window, tokens_in_window, settled_micro, reserved_micro}
 --      or {0, code, retry_after_ms}   (retry_after_ms = -1: waiting cannot help)
 local now = tonumber(ARGV[1])
+if now == 0 then
+  -- Redis's own clock: one clock for every ingress replica, whatever machine it runs on.
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local id = ARGV[2]
 local rpm = tonumber(ARGV[3])
 local tpm = tonumber(ARGV[4])

@@ -1,9 +1,14 @@
 -- Settle one admitted request to its verified figures, exactly once.
 -- KEYS[1] tokens  KEYS[2] month  KEYS[3] reserved  KEYS[4] resv  KEYS[5] resvdata
 -- KEYS[6] settled ZSET of settled request ids (score = time), trimmed to the last hour
--- ARGV: now_ms, request_id, tokens (verified; 0 for a failed request), billed_micro
+-- ARGV: now_ms (0: use Redis's clock), request_id, tokens (verified; 0 for a failed request), billed_micro
 -- Returns 1 when settled now, 0 when this id was already settled (a retry).
 local now = tonumber(ARGV[1])
+if now == 0 then
+  -- Redis's own clock: one clock for every ingress replica, whatever machine it runs on.
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local id = ARGV[2]
 local tokens = tonumber(ARGV[3])
 local billed = tonumber(ARGV[4])
