@@ -4,34 +4,44 @@ Issue targets, with a zero-delay simulated model (time_scale 0) so that only the
 serving path is measured:
 
 1. the full priced path (auth, live-state pricing, routing, meter hand-off) keeps
-   >= 0.8x the throughput of a pass-through ingress to the same model, in Serve's
+   >= 0.8x the throughput of a pass-through ingress to the same model, both in Serve's
    throughput-optimized ("fast") mode, at every concurrency;
 2. it adds <= 2 ms to the p50 latency at concurrency 8;
 3. the priced path in fast mode serves >= 5x the throughput of the pass-through app
    in Serve's default mode (max_ongoing_requests=64), at concurrency 32.
 
-Two apps run side by side in one Ray Serve instance (fast mode): `bench-priced` at
+Two apps run side by side in one Ray Serve instance in fast mode: `bench-priced` at
 /priced (`serve_app.builder.build_app` with a policy written here) and `bench-plain` at
 /plain (a FastAPI ingress written here that forwards the body to a handle of the same
-`ModelServer` class: no auth, no pricing, no live state, no meters). Measurement cells
-(app x concurrency) are interleaved, repeated, and the median of the repeats is kept.
-The default-mode pass-through app runs afterwards in a subprocess (`--phase
-default-plain`) with its own Ray, because Serve reads RAY_SERVE_THROUGHPUT_OPTIMIZED
-when its processes start.
+`ModelServer` class: no auth, no pricing, no live state, no meters). Each app is
+measured through two entries:
 
-The load generator is an asyncio HTTP/1.1 keep-alive client written on raw streams
-(one connection per worker; httpx costs about 10x more CPU per request, which on a
+- `proxy`: Serve's HTTP proxy on the port given to `serve.start` (what `rtcts run`
+  prints as its URL);
+- `direct`: the ingress replica's own HTTP port. Fast mode turns on Serve's direct
+  ingress: every ingress replica serves HTTP itself and the controller publishes the
+  replica ports as target groups, for a load balancer in front (HAProxy in Serve's
+  design); the proxy stays as a fallback.
+
+Measurement cells (app x entry x concurrency) are interleaved, repeated, and the
+median of the repeats is kept. The default-mode pass-through app runs afterwards in a
+subprocess (`--phase default-plain`) with its own Ray, because Serve reads
+RAY_SERVE_THROUGHPUT_OPTIMIZED when its processes start; default mode has no direct
+ingress, so it is measured through the proxy only.
+
+The load generator is an asyncio HTTP/1.1 keep-alive client on raw streams (one
+connection per worker; httpx costs several times more CPU per request, which on a
 2-core machine would mostly measure the client; `--client httpx` uses it anyway). Its
 CPU is reported apart from the CPU of the Ray node (gcs, raylet and every worker:
-proxy, replicas, controller, registry), which is read from /proc before and after
-each cell and divided by the requests completed.
+proxy, replicas, controller, registry), read from /proc before and after each cell and
+divided by the requests completed.
 
-    .venv/bin/python bench/ingress_overhead.py                      # 6 s cells, 3 repeats
-    .venv/bin/python bench/ingress_overhead.py --duration 4 --repeats 2
+    .venv/bin/python bench/ingress_overhead.py                      # 5 s cells, 3 repeats
+    .venv/bin/python bench/ingress_overhead.py --duration 3 --repeats 2
     .venv/bin/python bench/ingress_overhead.py --json               # machine-readable
 
 A benchmark, not a test: it always exits 0 and prints PASS or FAIL against each target.
-Never uses port 6379 (ray.init picks free ports; Serve gets a free port).
+Ray never gets port 6379: ray.init picks free ports and Serve gets a free port.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the pass-through route signature.
@@ -72,6 +82,7 @@ its load to the one registry by model id, and the priced app must not count the
 pass-through app's replica as its own capacity."""
 MAX_TOKENS = 8
 CONCURRENCIES = (1, 8, 32)
+ENTRIES = ("proxy", "direct")
 DEFAULT_MODE_MAX_ONGOING = 64
 
 TARGET_THROUGHPUT_RATIO = 0.8
@@ -141,55 +152,62 @@ POLICY: dict[str, Any] = {
 }
 
 
-# --------------------------------------------------------------------------- the pass-through app
-
-plain_api = FastAPI(title="pass-through", docs_url=None)
+# --------------------------------------------------------------------------- the two apps
 
 
-class PlainIngress:
-    """The pass-through ingress: parse the body, call the model, answer. Nothing else."""
+def plain_ingress() -> Any:
+    """The pass-through ingress deployment: parse the body, call the model, answer.
 
-    def __init__(self, model: Any) -> None:
-        self._model = model
+    Built in a function so that Ray pickles the FastAPI app with its routes by value,
+    however this file was loaded."""
+    from ray import serve
 
-    @plain_api.post(CHAT_PATH)
-    async def chat(self, request: Request) -> JSONResponse:
-        body = json.loads(await request.body())
-        request_id = uuid.uuid4().hex
-        completion = await self._model.options(method_name="generate").remote(
-            GenerationRequest(
-                request_id=request_id,
-                messages=tuple(
-                    ChatMessage(role=m["role"], content=m["content"]) for m in body["messages"]
-                ),
-                max_tokens=int(body["max_tokens"]),
+    api = FastAPI(title="pass-through", docs_url=None)
+
+    class PlainIngress:
+        def __init__(self, model: Any) -> None:
+            self._model = model
+
+        @api.post(CHAT_PATH)
+        async def chat(self, request: Request) -> JSONResponse:
+            body = json.loads(await request.body())
+            request_id = uuid.uuid4().hex
+            completion = await self._model.options(method_name="generate").remote(
+                GenerationRequest(
+                    request_id=request_id,
+                    messages=tuple(
+                        ChatMessage(role=m["role"], content=m["content"]) for m in body["messages"]
+                    ),
+                    max_tokens=int(body["max_tokens"]),
+                )
             )
-        )
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-{request_id}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": completion.text},
-                        "finish_reason": completion.finish_reason,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": completion.input_tokens,
-                    "completion_tokens": completion.output_tokens,
-                    "total_tokens": completion.input_tokens + completion.output_tokens,
-                },
-            }
-        )
+            return JSONResponse(
+                {
+                    "id": f"chatcmpl-{request_id}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": completion.text},
+                            "finish_reason": completion.finish_reason,
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": completion.input_tokens,
+                        "completion_tokens": completion.output_tokens,
+                        "total_tokens": completion.input_tokens + completion.output_tokens,
+                    },
+                }
+            )
+
+    return serve.deployment(serve.ingress(api)(PlainIngress))
 
 
 def plain_app(max_ongoing: int | None) -> Any:
-    """The pass-through app: PlainIngress -> ModelServer (same class and options as the
-    priced app's model deployment unless `max_ongoing` overrides both deployments)."""
+    """The pass-through app: PlainIngress -> ModelServer, with the same class and options
+    as the priced app's model deployment, unless `max_ongoing` overrides both."""
     from ray import serve
 
     from serve_app.builder import model_deployment_options
@@ -211,8 +229,7 @@ def plain_app(max_ongoing: int | None) -> Any:
         .options(**model_options)
         .bind(spec.model_dump(mode="json"), 0.0, 0.0, False)
     )
-    ingress = serve.deployment(serve.ingress(plain_api)(PlainIngress))
-    return ingress.options(**ingress_options).bind(model)  # type: ignore[attr-defined]
+    return plain_ingress().options(**ingress_options).bind(model)
 
 
 def priced_app() -> Any:
@@ -295,17 +312,30 @@ class HttpxConn:
         return response.status_code, dict(response.headers), response.content
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """One app under test: where it is and how to check one of its answers."""
+    """One app in one Serve mode through one entry, and how to check its answers."""
 
-    name: str
-    prefix: str
-    priced: bool
+    app: str
+    """priced or plain"""
+    mode: str
+    """fast or default"""
+    entry: str
+    """proxy or direct"""
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def name(self) -> str:
+        return f"{self.app} {self.mode} {self.entry}"
+
+    @property
+    def path(self) -> str:
+        return (PRICED_PREFIX if self.app == "priced" else PLAIN_PREFIX) + CHAT_PATH
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        if self.priced:
+        if self.app == "priced":
             headers["authorization"] = f"Bearer {API_KEY}"
         return headers
 
@@ -313,7 +343,7 @@ class Target:
         """None if the answer is a served completion, else what is wrong with it."""
         if status != 200:
             return f"status {status}: {body[:200]!r}"
-        if self.priced and headers.get("x-rtcts-decision") != "allow":
+        if self.app == "priced" and headers.get("x-rtcts-decision") != "allow":
             return f"decision {headers.get('x-rtcts-decision')!r}"
         answer = json.loads(body)
         if answer["usage"]["completion_tokens"] != MAX_TOKENS:
@@ -323,9 +353,9 @@ class Target:
 
 @dataclass
 class Cell:
-    """One measurement: one app at one concurrency for a fixed duration."""
+    """One measurement: one target at one concurrency for a fixed duration."""
 
-    app: str
+    target: str
     concurrency: int
     requests: int
     errors: int
@@ -359,7 +389,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _process_kind(pid: int) -> str | None:
-    """Which part of the Ray node a process is (by its title), None if not Ray's."""
+    """Which part of the Ray node a process is, from its title (`ray::ProxyActor`,
+    `ray::ServeReplica:<app>:<deployment>`, the method it runs cut off), None if gone."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -368,9 +399,11 @@ def _process_kind(pid: int) -> str | None:
     title = cmd.split(" ", 1)[0]
     if title.startswith("ray::"):
         title = title[len("ray::") :]
+        head, dot, method = title.rpartition(".")
+        if dot and method.isidentifier():
+            title = head
         if title.startswith("ServeReplica:"):
-            _, app, deployment = [*title.split(":"), "", ""][:3]
-            return f"{app}:{deployment}"
+            return title[len("ServeReplica:") :]
         return title
     for part in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py"):
         if part in cmd:
@@ -424,8 +457,8 @@ class NodeCpu:
                 kind = _process_kind(pid)
                 if kind is None:
                     continue
-                if not kind.startswith("ray-other") and kind != "IDLE":
-                    self._kinds[pid] = kind  # titles change until a worker gets its job
+                if kind not in ("ray-other", "IDLE"):
+                    self._kinds[pid] = kind  # a worker's title changes once it gets a job
             ticks = _cpu_ticks(pid)
             if ticks is not None:
                 by_kind[kind] = by_kind.get(kind, 0.0) + ticks / CLK_TCK
@@ -457,7 +490,6 @@ def self_cpu_s() -> float:
 
 
 async def run_cell(
-    base: tuple[str, int],
     target: Target,
     concurrency: int,
     duration_s: float,
@@ -466,12 +498,12 @@ async def run_cell(
     idle_cpu_s_per_s: float = 0.0,
 ) -> Cell:
     """`concurrency` workers, each on its own connection, send requests back to back."""
-    path = target.prefix + CHAT_PATH
-    headers = target.headers()
+    path, headers = target.path, target.headers()
     latencies: list[float] = []
     errors: list[str] = []
     conns: list[Conn | HttpxConn] = [
-        (Conn if client == "raw" else HttpxConn)(*base) for _ in range(concurrency)
+        (Conn if client == "raw" else HttpxConn)(target.host, target.port)
+        for _ in range(concurrency)
     ]
     for conn in conns:  # connect (and check) before the clock starts
         status, got, body = await conn.post(path, REQUEST_BODY, headers)
@@ -507,7 +539,7 @@ async def run_cell(
     done = max(1, len(latencies))
     latencies.sort()
     return Cell(
-        app=target.name,
+        target=target.name,
         concurrency=concurrency,
         requests=len(latencies),
         errors=len(errors),
@@ -536,7 +568,7 @@ def median_cell(cells: list[Cell]) -> Cell:
         return round(statistics.median(values), 3)
 
     return Cell(
-        app=cells[0].app,
+        target=cells[0].target,
         concurrency=cells[0].concurrency,
         requests=sum(c.requests for c in cells),
         errors=sum(c.errors for c in cells),
@@ -556,41 +588,39 @@ def median_cell(cells: list[Cell]) -> Cell:
 
 
 async def measure(
-    port: int, targets: list[Target], args: argparse.Namespace, log: Callable[[str], None]
+    targets: list[Target], args: argparse.Namespace, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Warm up, sample idle CPU, then interleaved rounds; medians per (app, concurrency)."""
-    base = ("127.0.0.1", port)
+    """Warm up, sample idle CPU, then interleaved rounds; medians per (target, c)."""
     cpu = NodeCpu()
     for target in targets:
-        log(f"warm-up {target.name} ({args.warmup:.0f} s at c=8)")
-        cell = await run_cell(base, target, 8, args.warmup, args.client, cpu)
+        log(f"warm-up {target.name} ({args.warmup:g} s at c=8)")
+        cell = await run_cell(target, 8, args.warmup, args.client, cpu)
         if cell.requests == 0:
             raise RuntimeError(f"{target.name}: no request served ({cell.first_error})")
     before = cpu.sample()
     await asyncio.sleep(args.idle)
     idle = NodeCpu.delta(before, cpu.sample())
     idle_s_per_s = sum(idle.values()) / args.idle
-    idle_ms_per_s = round(idle_s_per_s * 1000, 1)
-    log(f"idle Ray node: {idle_ms_per_s} CPU ms per s")
+    log(f"idle Ray node: {idle_s_per_s * 1000:.0f} CPU ms per s")
 
     cells: dict[tuple[str, int], list[Cell]] = {}
     for repeat in range(args.repeats):
         for concurrency in args.concurrency:
-            # Alternate which app goes first, so drift hits both alike.
-            order = targets if repeat % 2 == 0 else targets[::-1]
-            for target in order:
+            # Rotate which target goes first, so drift hits them all alike.
+            shift = repeat % len(targets)
+            for target in targets[shift:] + targets[:shift]:
                 cell = await run_cell(
-                    base, target, concurrency, args.duration, args.client, cpu, idle_s_per_s
+                    target, concurrency, args.duration, args.client, cpu, idle_s_per_s
                 )
                 cells.setdefault((target.name, concurrency), []).append(cell)
                 log(
-                    f"  [{repeat + 1}/{args.repeats}] {target.name:<13} c={concurrency:<3}"
-                    f" {cell.rps:8.1f} req/s  p50 {cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f}"
-                    f" ms  cpu {cell.server_cpu_ms_per_req:6.2f} ms/req  errors {cell.errors}"
+                    f"  [{repeat + 1}/{args.repeats}] {target.name:<20} c={concurrency:<3}"
+                    f" {cell.rps:7.1f} req/s  p50 {cell.p50_ms:7.2f} ms  p99 {cell.p99_ms:7.2f}"
+                    f" ms  cpu {cell.server_cpu_ms_per_req:5.2f} ms/req  errors {cell.errors}"
                     f"  other load {cell.other_load_cores:.2f} cores"
                 )
     return {
-        "idle_cpu_ms_per_s": idle_ms_per_s,
+        "idle_cpu_ms_per_s": round(idle_s_per_s * 1000, 1),
         "idle_cpu_by_process_ms_per_s": {
             k: round(v * 1000 / args.idle, 1) for k, v in idle.items() if v > 0
         },
@@ -624,14 +654,30 @@ def wait_ready(port: int, log: Callable[[str], None], timeout_s: float = 120) ->
     raise RuntimeError("the priced app did not become ready")
 
 
+def direct_ports() -> dict[str, int]:
+    """Route prefix -> HTTP port of its ingress replica (Serve's direct ingress), from the
+    target groups the controller publishes for a load balancer."""
+    import ray
+
+    controller = ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    ports: dict[str, int] = {}
+    groups: list[Any] = ray.get(controller.get_target_groups.remote())
+    for group in groups:
+        protocol = getattr(group.protocol, "value", group.protocol)
+        replicas = [t for t in group.targets if t.name.startswith("SERVE_REPLICA")]
+        if protocol == "HTTP" and replicas:
+            ports[group.route_prefix] = replicas[0].port
+    return ports
+
+
 def with_serve(
     fast: bool,
-    deploy: Callable[[], list[Target]],
-    measure_fn: Callable[[int, list[Target]], Awaitable[dict[str, Any]]],
+    deploy: Callable[[int], list[Target]],
+    args: argparse.Namespace,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Start a local Ray (never on 6379: ray.init picks free ports) and Serve, deploy,
-    measure, and always shut both down."""
+    measure, and always shut Ray down."""
     os.environ[FAST_ENV] = "1" if fast else "0"
     import ray
     from ray import serve
@@ -640,15 +686,13 @@ def with_serve(
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        targets = deploy()
-        if any(t.priced for t in targets):
-            wait_ready(port, log)
-        result = _run_async(measure_fn(port, targets))
-        result["port"] = port
+        targets = deploy(port)
+        result = _run_async(measure(targets, args, log))
+        result["targets"] = [asdict(t) | {"name": t.name} for t in targets]
         return result
     finally:
-        # ray.shutdown() stops the whole local Ray this driver started, Serve included
-        # (serve.shutdown() first would only wait ~30 s for the direct-ingress drain).
+        # Stops the whole local Ray this driver started, Serve included (serve.shutdown()
+        # first would only add the ~30 s direct-ingress drain).
         ray.shutdown()
 
 
@@ -658,43 +702,56 @@ def _run_async(coro: Awaitable[dict[str, Any]]) -> dict[str, Any]:
 
     try:
         import uvloop
-
-        return uvloop.run(main())
     except ImportError:
         return asyncio.run(main())
+    return uvloop.run(main())
 
 
 def fast_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     """Priced and pass-through apps side by side, Serve in throughput-optimized mode."""
 
-    def deploy() -> list[Target]:
+    def deploy(port: int) -> list[Target]:
         from ray import serve
 
         log("deploying bench-priced at /priced and bench-plain at /plain (fast mode)")
         serve.run(priced_app(), name=PRICED_APP, route_prefix=PRICED_PREFIX)
         serve.run(plain_app(None), name=PLAIN_APP, route_prefix=PLAIN_PREFIX)
-        return [
-            Target("priced-fast", PRICED_PREFIX, True),
-            Target("plain-fast", PLAIN_PREFIX, False),
-        ]
+        wait_ready(port, log)
+        targets = []
+        if "proxy" in args.entries:
+            targets += [
+                Target("priced", "fast", "proxy", port),
+                Target("plain", "fast", "proxy", port),
+            ]
+        if "direct" in args.entries:
+            ports = direct_ports()
+            log(f"direct ingress ports: {ports} (Serve proxy: {port})")
+            if PRICED_PREFIX in ports and PLAIN_PREFIX in ports:
+                targets += [
+                    Target("priced", "fast", "direct", ports[PRICED_PREFIX]),
+                    Target("plain", "fast", "direct", ports[PLAIN_PREFIX]),
+                ]
+            else:
+                log("no direct ingress ports published: measuring through the proxy only")
+        return targets
 
-    return with_serve(True, deploy, lambda port, t: measure(port, t, args, log), log)
+    return with_serve(True, deploy, args, log)
 
 
 def default_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     """The pass-through app alone, Serve in its default mode, max_ongoing_requests=64."""
 
-    def deploy() -> list[Target]:
+    def deploy(port: int) -> list[Target]:
         from ray import serve
 
         log("deploying bench-plain at /plain (default mode, max_ongoing_requests=64)")
         serve.run(plain_app(DEFAULT_MODE_MAX_ONGOING), name=PLAIN_APP, route_prefix=PLAIN_PREFIX)
-        return [Target("plain-default", PLAIN_PREFIX, False)]
+        return [Target("plain", "default", "proxy", port)]
 
-    return with_serve(False, deploy, lambda port, t: measure(port, t, args, log), log)
+    return with_serve(False, deploy, args, log)
 
 
-def run_default_subprocess(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+def run_default_subprocess(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
     env[FAST_ENV] = "0"
     with tempfile.TemporaryDirectory() as tmp:
@@ -702,25 +759,12 @@ def run_default_subprocess(args: argparse.Namespace, log: Callable[[str], None])
         command = [
             sys.executable,
             str(Path(__file__).resolve()),
-            "--phase",
-            "default-plain",
-            "--out",
-            str(out),
-            "--duration",
-            str(args.duration),
-            "--repeats",
-            str(args.repeats),
-            "--warmup",
-            str(args.warmup),
-            "--idle",
-            str(args.idle),
-            "--client",
-            args.client,
-            "--concurrency",
-            *(str(c) for c in args.concurrency),
+            *("--phase", "default-plain", "--out", str(out), "--client", args.client),
+            *("--duration", str(args.duration), "--repeats", str(args.repeats)),
+            *("--warmup", str(args.warmup), "--idle", str(args.idle)),
+            *("--concurrency", *(str(c) for c in args.concurrency)),
+            *(["--quiet"] if args.quiet else []),
         ]
-        if args.quiet:
-            command.append("--quiet")
         subprocess.run(command, env=env, check=True)
         result: dict[str, Any] = json.loads(out.read_text())
         return result
@@ -728,91 +772,119 @@ def run_default_subprocess(args: argparse.Namespace, log: Callable[[str], None])
 
 # --------------------------------------------------------------------------- report
 
+Cells = dict[tuple[str, int], dict[str, Any]]
 
-def verdicts(cells: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
-    def get(app: str, c: int) -> dict[str, Any] | None:
-        return cells.get((app, c))
 
+def verdicts(cells: Cells) -> list[dict[str, Any]]:
+    """The three targets, for each entry measured in fast mode."""
     results = []
-    ratios = {}
-    for c in sorted({c for _, c in cells}):
-        priced, plain = get("priced-fast", c), get("plain-fast", c)
-        if priced and plain and plain["rps"]:
-            ratios[c] = priced["rps"] / plain["rps"]
-    worst = min(ratios.items(), key=lambda kv: kv[1]) if ratios else None
-    results.append(
-        {
-            "target": (
-                f"priced >= {TARGET_THROUGHPUT_RATIO}x pass-through req/s (fast mode, every c)"
-            ),
-            "value": {str(c): round(r, 3) for c, r in ratios.items()},
-            "pass": bool(worst and worst[1] >= TARGET_THROUGHPUT_RATIO),
-            "summary": f"worst {worst[1]:.2f}x at c={worst[0]}" if worst else "not measured",
+    concurrencies = sorted({c for _, c in cells})
+    baseline = cells.get(("plain default proxy", TARGET_FAST_VS_DEFAULT_AT))
+    for entry in ENTRIES:
+        if not any(name == f"priced fast {entry}" for name, _ in cells):
+            continue
+        priced = {c: cells.get((f"priced fast {entry}", c)) for c in concurrencies}
+        plain = {c: cells.get((f"plain fast {entry}", c)) for c in concurrencies}
+        ratios = {
+            c: p["rps"] / q["rps"]
+            for c in concurrencies
+            if (p := priced[c]) is not None and (q := plain[c]) is not None and q["rps"]
         }
-    )
-    priced, plain = get("priced-fast", TARGET_ADDED_P50_AT), get("plain-fast", TARGET_ADDED_P50_AT)
-    added = priced["p50_ms"] - plain["p50_ms"] if priced and plain else None
-    results.append(
-        {
-            "target": f"added p50 <= {TARGET_ADDED_P50_MS} ms at c={TARGET_ADDED_P50_AT}",
-            "value": None if added is None else round(added, 3),
-            "pass": added is not None and added <= TARGET_ADDED_P50_MS,
-            "summary": "not measured" if added is None else f"+{added:.2f} ms",
-        }
-    )
-    fast = get("priced-fast", TARGET_FAST_VS_DEFAULT_AT)
-    slow = get("plain-default", TARGET_FAST_VS_DEFAULT_AT)
-    speedup = fast["rps"] / slow["rps"] if fast and slow and slow["rps"] else None
-    results.append(
-        {
-            "target": (
-                f"priced (fast mode) >= {TARGET_FAST_VS_DEFAULT}x pass-through (default mode)"
-                f" req/s at c={TARGET_FAST_VS_DEFAULT_AT}"
-            ),
-            "value": None if speedup is None else round(speedup, 3),
-            "pass": speedup is not None and speedup >= TARGET_FAST_VS_DEFAULT,
-            "summary": "not measured" if speedup is None else f"{speedup:.2f}x",
-        }
-    )
+        worst = min(ratios.items(), key=lambda kv: kv[1]) if ratios else None
+        results.append(
+            {
+                "entry": entry,
+                "target": f"priced >= {TARGET_THROUGHPUT_RATIO}x pass-through req/s, every c",
+                "value": {str(c): round(r, 3) for c, r in ratios.items()},
+                "pass": worst is not None and worst[1] >= TARGET_THROUGHPUT_RATIO,
+                "summary": (
+                    ", ".join(f"{r:.2f}x at c={c}" for c, r in ratios.items())
+                    if ratios
+                    else "not measured"
+                ),
+            }
+        )
+        p, q = priced.get(TARGET_ADDED_P50_AT), plain.get(TARGET_ADDED_P50_AT)
+        added = p["p50_ms"] - q["p50_ms"] if p and q else None
+        results.append(
+            {
+                "entry": entry,
+                "target": f"added p50 <= {TARGET_ADDED_P50_MS:g} ms at c={TARGET_ADDED_P50_AT}",
+                "value": None if added is None else round(added, 3),
+                "pass": added is not None and added <= TARGET_ADDED_P50_MS,
+                "summary": "not measured"
+                if added is None or p is None or q is None
+                else f"{added:+.2f} ms ({p['p50_ms']:.2f} vs {q['p50_ms']:.2f} ms)",
+            }
+        )
+        fast = priced.get(TARGET_FAST_VS_DEFAULT_AT)
+        speedup = fast["rps"] / baseline["rps"] if fast and baseline and baseline["rps"] else None
+        results.append(
+            {
+                "entry": entry,
+                "target": (
+                    f"priced (fast) >= {TARGET_FAST_VS_DEFAULT:g}x pass-through (default"
+                    f" mode, proxy) req/s at c={TARGET_FAST_VS_DEFAULT_AT}"
+                ),
+                "value": None if speedup is None else round(speedup, 3),
+                "pass": speedup is not None and speedup >= TARGET_FAST_VS_DEFAULT,
+                "summary": "not measured" if speedup is None else f"{speedup:.2f}x",
+            }
+        )
     return results
 
 
-def table(cells: dict[tuple[str, int], dict[str, Any]]) -> str:
-    apps = [
-        a for a in ("priced-fast", "plain-fast", "plain-default") if any(a == k[0] for k in cells)
+def target_names(cells: Cells) -> list[str]:
+    order = [
+        "priced fast proxy",
+        "plain fast proxy",
+        "priced fast direct",
+        "plain fast direct",
+        "plain default proxy",
     ]
-    head = "| metric | c | " + " | ".join(apps) + " |"
-    lines = [head, "|---|---:|" + "---:|" * len(apps)]
+    present = {name for name, _ in cells}
+    return [n for n in order if n in present]
+
+
+def table(cells: Cells) -> str:
+    names = target_names(cells)
+    lines = [
+        "| metric | c | " + " | ".join(names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
     for metric, label in (
         ("rps", "req/s"),
         ("p50_ms", "p50 ms"),
         ("p99_ms", "p99 ms"),
         ("server_cpu_ms_per_req", "Ray CPU ms/req"),
-        ("server_cpu_net_ms_per_req", "Ray CPU ms/req, less idle"),
+        ("server_cpu_net_ms_per_req", "Ray CPU ms/req less idle"),
         ("client_cpu_ms_per_req", "client CPU ms/req"),
-        ("other_load_cores", "other processes, cores busy"),
+        ("other_load_cores", "other processes (cores)"),
     ):
         for c in sorted({c for _, c in cells}):
             decimals = 1 if metric == "rps" else 2
             row = [
-                f"{cells[(a, c)][metric]:.{decimals}f}" if (a, c) in cells else "-" for a in apps
+                f"{cells[(n, c)][metric]:.{decimals}f}" if (n, c) in cells else "-" for n in names
             ]
             lines.append(f"| {label} | {c} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def breakdown(cells: dict[tuple[str, int], dict[str, Any]]) -> str:
-    """Ray CPU ms per request by process, per cell."""
-    kinds = sorted({k for cell in cells.values() for k in cell["cpu_by_process_ms_per_req"]})
-    keys = sorted(cells)
+def breakdown(cells: Cells, concurrency: int) -> str:
+    """Ray CPU ms per request by process at one concurrency, one column per target."""
+    names = [n for n in target_names(cells) if (n, concurrency) in cells]
+    by = {n: cells[(n, concurrency)]["cpu_by_process_ms_per_req"] for n in names}
+    kinds = sorted({k for values in by.values() for k in values})
     lines = [
-        "| process | " + " | ".join(f"{a} c={c}" for a, c in keys) + " |",
-        "|---|" + "---:|" * len(keys),
+        f"| process (c={concurrency}) | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
     ]
     for kind in kinds:
-        values = [cells[k]["cpu_by_process_ms_per_req"].get(kind, 0.0) for k in keys]
-        if max(values) >= 0.01:
+        values = [by[n].get(kind, 0.0) for n in names]
+        if max(values) >= 0.02:
             lines.append(f"| {kind} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    totals = [cells[(n, concurrency)]["server_cpu_ms_per_req"] for n in names]
+    lines.append("| **all** | " + " | ".join(f"**{v:.2f}**" for v in totals) + " |")
     return "\n".join(lines)
 
 
@@ -837,12 +909,9 @@ def git_state() -> str:
 def machine() -> dict[str, Any]:
     import ray
 
-    import serve_app
-
     return {
         "date": dt.date.today().isoformat(),
         "code": git_state(),
-        "serve_app": str(Path(serve_app.__file__).resolve().parent),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -855,21 +924,24 @@ def machine() -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds per cell")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the median is kept")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per app")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per target")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle CPU sampling")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCIES))
+    parser.add_argument(
+        "--entries", nargs="+", choices=ENTRIES, default=list(ENTRIES), help="fast-mode entries"
+    )
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--save", type=Path, help="also write the JSON report to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument(
         "--phase",
         choices=("all", "fast", "default-plain"),
         default="all",
-        help="all: fast-mode apps, then the default-mode pass-through in a subprocess",
+        help="all: the fast-mode apps, then the default-mode pass-through in a subprocess",
     )
     parser.add_argument("--out", type=Path, help="(default-plain) write the result here")
     return parser.parse_args(argv)
@@ -893,18 +965,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     started = time.monotonic()
     fast = fast_phase(args, log)
-    default = run_default_subprocess(args, log) if args.phase == "all" else None
-    cells = {(c["app"], c["concurrency"]): c for c in fast["cells"]}
+    default = run_default_subprocess(args) if args.phase == "all" else None
+    cells: Cells = {(c["target"], c["concurrency"]): c for c in fast["cells"]}
     if default:
-        cells.update({(c["app"], c["concurrency"]): c for c in default["cells"]})
+        cells.update({(c["target"], c["concurrency"]): c for c in default["cells"]})
     report = {
         "machine": info,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "wall_s": round(time.monotonic() - started, 1),
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "idle_cpu_ms_per_s": {
-            "fast (both apps)": fast["idle_cpu_ms_per_s"],
-            **({"default (pass-through)": default["idle_cpu_ms_per_s"]} if default else {}),
+            "fast mode, both apps": fast["idle_cpu_ms_per_s"],
+            **({"default mode, pass-through": default["idle_cpu_ms_per_s"]} if default else {}),
+        },
+        "idle_cpu_by_process_ms_per_s": {
+            "fast mode, both apps": fast["idle_cpu_by_process_ms_per_s"],
+            **(
+                {"default mode, pass-through": default["idle_cpu_by_process_ms_per_s"]}
+                if default
+                else {}
+            ),
         },
         "cells": list(cells.values()),
         "verdicts": verdicts(cells),
@@ -917,28 +997,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(
         f"Ingress overhead, {info['date']}, {info['cpus']} CPUs, Python {info['python']},"
-        f" Ray {info['ray']}; {args.duration:g} s cells x {args.repeats} repeats (median),"
-        f" client {args.client}; code {info['code']}"
+        f" Ray {info['ray']}, code {info['code']}; {args.duration:g} s cells x"
+        f" {args.repeats} repeats (medians), client {args.client}, {report['wall_s']} s"
     )
     print(
         f"load average {info['loadavg']} at start, {report['loadavg_end']} at end;"
         f" idle Ray node CPU (ms per s): {report['idle_cpu_ms_per_s']}\n"
     )
     print(table(cells))
-    print("\nRay node CPU ms per request, by process (medians):\n")
-    print(breakdown(cells))
-    errors = sum(c["errors"] for c in cells.values())
-    print(
-        f"\nerrors: {errors}"
-        + (
-            ""
-            if not errors
-            else f" (first: {next(c['first_error'] for c in cells.values() if c['first_error'])})"
-        )
-    )
+    for c in sorted({c for _, c in cells}):
+        print(f"\nRay node CPU ms per request, by process, c={c} (medians):\n")
+        print(breakdown(cells, c))
+    errors = [c for c in cells.values() if c["errors"]]
+    print(f"\nerrors: {sum(c['errors'] for c in errors)}")
+    for cell in errors:
+        print(f"  {cell['target']} c={cell['concurrency']}: {cell['first_error']}")
     print()
     for verdict in report["verdicts"]:
-        print(f"{'PASS' if verdict['pass'] else 'FAIL'}  {verdict['target']}: {verdict['summary']}")
+        print(
+            f"{'PASS' if verdict['pass'] else 'FAIL'}  [{verdict['entry']}] {verdict['target']}:"
+            f" {verdict['summary']}"
+        )
     return 0
 
 

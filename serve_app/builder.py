@@ -59,6 +59,22 @@ class AppArgs(BaseModel):
         le=10,
         description="Longest wait on Redis in the request path.",
     )
+    data_dir: str = Field(
+        default=".rtcts", description="Local state of the ingress: the meter spool."
+    )
+    meter_shards: int = Field(
+        default=1, ge=1, le=64, description="Meter streams (one aggregator actor each)."
+    )
+    window_s: int = Field(default=60, ge=1, description="Billing window length, seconds.")
+    grace_s: int = Field(default=10, ge=0, description="Seconds a window stays open after its end.")
+    stripe_api_base: str | None = Field(
+        default=None,
+        description="Stripe-compatible server (the emulator); the key comes from "
+        "STRIPE_API_KEY in the aggregator's environment.",
+    )
+    stripe_mode: str = Field(
+        default="v1", pattern="^v[12]$", description="v1 meter events or v2 meter event streams."
+    )
     natural_output: bool = Field(
         default=True,
         description="Simulated answers stop at a natural length (else always at max_tokens).",
@@ -135,7 +151,22 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         loaded.source,
         app_args.redis_url,
         app_args.redis_timeout_s,
+        _billing(app_args),
     )
+
+
+def _billing(app_args: AppArgs) -> dict[str, Any] | None:
+    """What the ingress needs to write meters and start the aggregators (None: no Redis)."""
+    if app_args.redis_url is None:
+        return None
+    return {
+        "data_dir": app_args.data_dir,
+        "meter_shards": app_args.meter_shards,
+        "window_s": app_args.window_s,
+        "grace_s": app_args.grace_s,
+        "stripe_api_base": app_args.stripe_api_base,
+        "stripe_mode": app_args.stripe_mode,
+    }
 
 
 __all__ = ["AppArgs", "build_app"]

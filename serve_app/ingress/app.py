@@ -13,6 +13,7 @@ nothing about the API but 401.
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures.
 import time
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -31,7 +32,9 @@ from serve_app.cluster.state import ClusterState
 from serve_app.ingress import errors
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.ingress.service import ChatService
-from serve_app.metering.meter import MemorySink
+from serve_app.metering.aggregator import AggregatorConfig, ensure_aggregators
+from serve_app.metering.meter import MemorySink, MeterSink
+from serve_app.metering.stream import MeterStreamWriter
 from serve_app.policy import load_policy_dict
 from serve_app.policy.schema import Tenant
 from serve_app.telemetry import RayMetrics
@@ -56,6 +59,7 @@ class Ingress:
         policy_source: str = "<policy>",
         redis_url: str | None = None,
         redis_timeout_s: float = DEFAULT_TIMEOUT_S,
+        billing: dict[str, Any] | None = None,
     ) -> None:
         loaded = load_policy_dict(policy, source=policy_source)
         registry = get_or_create_registry()
@@ -82,6 +86,29 @@ class Ingress:
         )
         state.start()
         admission = None
+        sink: MeterSink = MemorySink()
+        self._writer: MeterStreamWriter | None = None
+        if redis_url is not None and billing is not None:
+            # Verified meters go to the Redis stream (spooled to disk while Redis is
+            # down); the aggregator actors that read it are created once, detached.
+            self._writer = MeterStreamWriter.from_url(
+                redis_url,
+                Path(billing["data_dir"]) / "spool",
+                shards=billing["meter_shards"],
+            )
+            self._writer.start()
+            sink = self._writer
+            ensure_aggregators(
+                AggregatorConfig(
+                    redis_url=redis_url,
+                    shards=billing["meter_shards"],
+                    window_s=billing["window_s"],
+                    grace_s=billing["grace_s"],
+                    stripe_api_base=billing["stripe_api_base"],
+                    stripe_mode=billing["stripe_mode"],
+                    customers=tuple((t.stripe_customer_id, t.id) for t in loaded.policy.tenants),
+                )
+            )
         if redis_url is not None:
             client = aioredis.Redis.from_url(
                 redis_url,
@@ -89,9 +116,7 @@ class Ingress:
                 socket_connect_timeout=redis_timeout_s,
             )
             admission = AdmissionGate(RedisAdmission(client), timeout_s=redis_timeout_s)
-        self.service = ChatService(
-            loaded, state, handles, MemorySink(), metrics, admission=admission
-        )
+        self.service = ChatService(loaded, state, handles, sink, metrics, admission=admission)
 
     async def _tenant_and_body(self, request: Request) -> tuple[Tenant, ChatCompletionRequest]:
         tenant = self.service.authenticate(request.headers.get("authorization"))
@@ -159,3 +184,6 @@ class Ingress:
         service = getattr(self, "service", None)  # absent if the constructor failed
         if service is not None:
             await service.state.stop()
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            await writer.stop()  # flushes every buffered meter (or spools it)

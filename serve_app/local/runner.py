@@ -31,6 +31,8 @@ class Running:
     redis_url: str
     redis_embedded: bool
     dashboard_url: str | None
+    stripe_url: str | None
+    stripe_emulated: bool
 
 
 def serve_locally(
@@ -43,11 +45,23 @@ def serve_locally(
 ) -> None:
     """Start everything, call `on_ready(Running)`, serve until `stop` or SIGINT/SIGTERM."""
     stop = stop or threading.Event()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         redis_url = settings.redis_url
         if redis_url is None:
             redis = stack.enter_context(EmbeddedRedis(settings.data_dir / "redis"))
             redis_url = redis.url
+        stripe_base = settings.stripe_api_base
+        emulated = settings.stripe_api_key is None and stripe_base is None
+        if emulated:
+            from serve_app.metering.emulator.server import EmulatorProcess
+
+            emulator = EmulatorProcess(
+                state_path=settings.data_dir / "stripe-emulator.json",
+                log_path=settings.data_dir / "stripe-emulator.log",
+            )
+            stack.enter_context(emulator)
+            stripe_base = emulator.url
         if settings.fast_mode and settings.ray_address is None:
             os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by the Ray it starts
 
@@ -74,6 +88,8 @@ def serve_locally(
                     "time_scale": time_scale,
                     "app_name": APP_NAME,
                     "redis_url": redis_url,
+                    "data_dir": str(settings.data_dir),
+                    "stripe_api_base": stripe_base,
                 }
             ),
             name=APP_NAME,
@@ -85,6 +101,8 @@ def serve_locally(
             redis_url=redis_url,
             redis_embedded=settings.redis_url is None,
             dashboard_url=f"http://{dashboard}" if dashboard else None,
+            stripe_url=stripe_base or "https://api.stripe.com",
+            stripe_emulated=emulated,
         )
         if on_ready is not None:
             on_ready(running)
@@ -119,6 +137,14 @@ def banner(running: Running, loaded: LoadedPolicy, time_scale: float) -> str:
         f"  Redis:          {running.redis_url}"
         + ("  (embedded)" if running.redis_embedded else ""),
     ]
+    lines.append(
+        f"  Stripe:         {running.stripe_url}"
+        + (
+            "  (local emulator; set STRIPE_API_KEY for Stripe test mode)"
+            if running.stripe_emulated
+            else ""
+        )
+    )
     if running.dashboard_url:
         lines.append(f"  Ray dashboard:  {running.dashboard_url}  (replicas and autoscaling)")
     if time_scale != 1:

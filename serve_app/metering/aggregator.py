@@ -1,0 +1,238 @@
+"""The meter aggregator: a detached, named Ray actor per stream shard that folds verified
+meters into windows, closes them into the outbox, and sends the outbox to Stripe.
+
+The work is a plain asyncio loop (`AggregatorLoop`, testable without Ray) over the atomic
+steps of `ledger.py`; the actor only hosts it in a thread of its own, so that a restart
+(Ray restarts it forever, `max_restarts=-1`) resumes it from `__init__` with no call from
+outside. Everything it knows lives in Redis: killed at any moment, it re-reads its
+pending stream entries and resends its outbox with the same identifiers, so nothing is
+lost or counted twice (Stripe dedups identifiers for at least 24 hours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import ray
+
+from serve_app.metering.emulator import EMULATOR_API_KEY
+from serve_app.metering.ledger import MeterLedger
+from serve_app.metering.stripe_sink import StripeSink, backoff_s
+from serve_app.metering.types import (
+    METER_EVENTS,
+    OutboxEntry,
+    RetryableSyncError,
+    SendResult,
+    SendStatus,
+)
+
+logger = logging.getLogger("rtcts.aggregator")
+
+AGGREGATOR_NAME = "rtcts-meter-aggregator-{shard}"
+AGGREGATOR_NAMESPACE = "rtcts"
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    redis_url: str = field(repr=False)
+    shards: int = 1
+    window_s: int = 60
+    grace_s: int = 10
+    batch_size: int = 1000
+    block_ms: int = 100
+    send_batch: int = 100
+    stripe_api_base: str | None = None
+    """A Stripe-compatible server (the bundled emulator by default); None with no
+    `STRIPE_API_KEY` means no Stripe: windows wait in the outbox."""
+    stripe_mode: str = "v1"
+    """"v1": one meter event per window; "v2": meter event streams, 100 events a call."""
+    customers: tuple[tuple[str, str], ...] = ()
+    """(Stripe customer id, tenant id) of every tenant: checked or created at start-up."""
+
+
+class Sink(Protocol):
+    async def send(self, entries: Sequence[OutboxEntry]) -> list[SendResult]: ...
+
+
+class AggregatorLoop:
+    """Read, fold, close, deliver, forever; one shard."""
+
+    def __init__(
+        self,
+        ledger: MeterLedger,
+        sink: Sink | None,
+        consumer: str,
+        *,
+        batch_size: int = 1000,
+        block_ms: int = 100,
+        send_batch: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.sink = sink
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.send_batch = send_batch
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._retry: dict[str, tuple[int, float]] = {}
+        """identifier -> (attempts so far, clock time of the next try)."""
+        self.folded = 0
+        self.delivered = 0
+
+    async def step(self) -> int:
+        """One round: fold a batch, close due windows, deliver what is due. Returns meters read."""
+        entries = await self.ledger.read(self.consumer, self.batch_size, self.block_ms)
+        self.folded += await self.ledger.fold(entries)
+        await self.ledger.close_due()
+        await self.deliver()
+        return len(entries)
+
+    async def deliver(self) -> None:
+        if self.sink is None:
+            return  # no Stripe configured: windows wait in the outbox (visible in health)
+        now = self._clock()
+        due = [
+            e
+            for e in await self.ledger.outbox()
+            if self._retry.get(e.identifier, (0, 0.0))[1] <= now
+        ]
+        for start in range(0, len(due), self.send_batch):
+            chunk = due[start : start + self.send_batch]
+            results = await self.sink.send(chunk)
+            for entry, result in zip(chunk, results, strict=True):
+                await self._settle(entry, result)
+
+    async def _settle(self, entry: OutboxEntry, result: SendResult) -> None:
+        if result.status is SendStatus.DELIVERED:
+            await self.ledger.mark_delivered(entry)
+            self._retry.pop(entry.identifier, None)
+            self.delivered += 1
+        elif result.status is SendStatus.PERMANENT:
+            logger.error("Stripe refused window %s for good: %s", entry.identifier, result.detail)
+            await self.ledger.dead_letter(entry, result.detail)
+            self._retry.pop(entry.identifier, None)
+        else:
+            attempts = self._retry.get(entry.identifier, (0, 0.0))[0] + 1
+            self._retry[entry.identifier] = (
+                attempts,
+                self._clock() + backoff_s(attempts, self._rng),
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.ledger.ensure_group()
+        while not stop.is_set():
+            try:
+                read = await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("aggregator step failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if read == 0 and self.sink is not None and self._retry:
+                await asyncio.sleep(0.05)
+
+
+async def make_sink(config: AggregatorConfig) -> Sink | None:
+    """The Stripe sink, its meters and customers checked (created on the emulator). The
+    API key is read here, in the actor, from its environment: never passed or logged."""
+    from serve_app.settings import Settings
+
+    api_key = Settings.from_env().stripe_api_key
+    if config.stripe_api_base is None and api_key is None:
+        return None
+    sink = StripeSink.connect(
+        api_key or EMULATOR_API_KEY, config.stripe_api_base, mode=config.stripe_mode
+    )
+    while True:
+        try:
+            await sink.ensure_setup(config.customers, METER_EVENTS)
+            break
+        except RetryableSyncError:
+            logger.warning("Stripe set-up failed (retrying): Stripe unreachable")
+            await asyncio.sleep(1.0)
+    return sink
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class MeterAggregator:
+    """Hosts one shard's `AggregatorLoop` in a thread; see the module docstring."""
+
+    def __init__(self, config: AggregatorConfig, shard: int) -> None:
+        self._config = config
+        self._shard = shard
+        self._loop_ref: AggregatorLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._main, name=f"aggregator-{shard}", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        while True:
+            try:
+                asyncio.run(self._run())
+                return
+            except Exception:
+                logger.exception("aggregator crashed; restarting its loop")
+                time.sleep(1.0)
+
+    async def _run(self) -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self._config.redis_url, socket_timeout=5)
+        ledger = MeterLedger(
+            client, self._shard, window_s=self._config.window_s, grace_s=self._config.grace_s
+        )
+        self._loop_ref = AggregatorLoop(
+            ledger,
+            await make_sink(self._config),
+            consumer=f"agg-{self._shard}",
+            batch_size=self._config.batch_size,
+            block_ms=self._config.block_ms,
+            send_batch=self._config.send_batch,
+        )
+        self._stop = asyncio.Event()
+        self._event_loop = asyncio.get_running_loop()
+        await self._loop_ref.run(self._stop)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def health(self) -> dict[str, Any]:
+        loop, event_loop = self._loop_ref, self._event_loop
+        if loop is None or event_loop is None:
+            return {"shard": self._shard, "running": False}
+        future = asyncio.run_coroutine_threadsafe(loop.ledger.health(), event_loop)
+        health = future.result(timeout=5)
+        return {**health, "running": True, "folded": loop.folded, "delivered": loop.delivered}
+
+    def stop(self) -> None:
+        if self._stop is not None and self._event_loop is not None:
+            self._event_loop.call_soon_threadsafe(self._stop.set)
+        with contextlib.suppress(RuntimeError):
+            self._thread.join(timeout=10)
+
+
+def ensure_aggregators(config: AggregatorConfig) -> list[Any]:
+    """The aggregator actors of every shard, created once (get-if-exists), detached."""
+    return [
+        MeterAggregator.options(  # type: ignore[attr-defined]
+            name=AGGREGATOR_NAME.format(shard=shard),
+            namespace=AGGREGATOR_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(config, shard)
+        for shard in range(config.shards)
+    ]

@@ -1,0 +1,261 @@
+"""The aggregator's state in Redis, per stream shard, and the atomic steps on it.
+
+Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one slot):
+
+    rtcts:meters:{s<i>}          the meter stream (written by the ingress)
+    rtcts:agg:{s<i>}:seen        meter ids already folded (ZSET, kept `dedup_s`)
+    rtcts:agg:{s<i>}:open        open window totals ("tenant|event|start" -> value)
+    rtcts:agg:{s<i>}:customers   tenant -> Stripe customer
+    rtcts:agg:{s<i>}:tenants     per-tenant totals ("tenant|billed|credited|meters|failed")
+    rtcts:agg:{s<i>}:outbox      closed windows not yet delivered (identifier -> entry)
+    rtcts:agg:{s<i>}:sent        delivered windows (identifier -> entry): the local ledger
+    rtcts:agg:{s<i>}:ledger      totals closed per "customer|event" (source of truth)
+    rtcts:agg:{s<i>}:synced      totals delivered per "customer|event"
+    rtcts:agg:{s<i>}:dead        windows Stripe refused for good (identifier -> entry|reason)
+
+Guarantees of each step, if the process dies right after it:
+- `fold`: the batch is folded and acknowledged, or neither (one Lua script);
+- `close_due`: each due window is in the outbox and the ledger, or still open;
+- `mark_delivered` / `dead_letter`: the entry moved, in one MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serve_app.metering.meter import Meter
+from serve_app.metering.stream import decode_meter, stream_key
+from serve_app.metering.types import OutboxEntry
+from serve_app.metering.windows import identifier
+
+LUA_DIR = Path(__file__).with_name("lua")
+FOLD_LUA = (LUA_DIR / "fold.lua").read_text(encoding="utf-8")
+CLOSE_LUA = (LUA_DIR / "close.lua").read_text(encoding="utf-8")
+GROUP = "aggregator"
+DEDUP_S = 48 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    shard: int
+
+    def name(self, what: str) -> str:
+        return f"rtcts:agg:{{s{self.shard}}}:{what}"
+
+    @property
+    def stream(self) -> str:
+        return stream_key(self.shard)
+
+    @property
+    def seen(self) -> str:
+        return self.name("seen")
+
+    @property
+    def open(self) -> str:
+        return self.name("open")
+
+    @property
+    def customers(self) -> str:
+        return self.name("customers")
+
+    @property
+    def tenants(self) -> str:
+        return self.name("tenants")
+
+    @property
+    def outbox(self) -> str:
+        return self.name("outbox")
+
+    @property
+    def sent(self) -> str:
+        return self.name("sent")
+
+    @property
+    def ledger(self) -> str:
+        return self.name("ledger")
+
+    @property
+    def synced(self) -> str:
+        return self.name("synced")
+
+    @property
+    def dead(self) -> str:
+        return self.name("dead")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_entry(ident: str, raw: Any) -> OutboxEntry:
+    customer, event, value, start, tenant = _text(raw).split("|", 4)
+    return OutboxEntry(
+        identifier=ident,
+        event_name=event,
+        stripe_customer_id=customer,
+        value=int(value),
+        timestamp=int(start),
+        tenant_id=tenant,
+        window_start=int(start),
+    )
+
+
+class MeterLedger:
+    """One shard's aggregation state and its atomic steps."""
+
+    def __init__(self, client: Any, shard: int, *, window_s: int, grace_s: int) -> None:
+        self._client = client
+        self.keys = ShardKeys(shard)
+        self.window_s = window_s
+        self.grace_s = grace_s
+        self._fold = client.register_script(FOLD_LUA)
+        self._close = client.register_script(CLOSE_LUA)
+
+    async def ensure_group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._client.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, Meter]]:
+        """Pending entries of this consumer first (after a crash), then new ones; entries
+        left pending by another consumer for over a minute are claimed."""
+        stream = self.keys.stream
+        batch = await self._client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
+        entries = batch[0][1] if batch else []
+        if not entries:
+            claimed = await self._client.xautoclaim(
+                stream, GROUP, consumer, min_idle_time=60_000, start_id="0-0", count=count
+            )
+            entries = claimed[1] if claimed else []
+        if not entries:
+            batch = await self._client.xreadgroup(
+                GROUP, consumer, {stream: ">"}, count=count, block=block_ms
+            )
+            entries = batch[0][1] if batch else []
+        result: list[tuple[str, Meter]] = []
+        for entry_id, fields in entries:
+            if not fields:  # a deleted entry: acknowledged, nothing to fold
+                result.append((_text(entry_id), TOMBSTONE))
+                continue
+            data = fields.get(b"m", fields.get("m"))
+            result.append((_text(entry_id), decode_meter(data)))
+        return result
+
+    async def fold(self, entries: list[tuple[str, Meter]]) -> int:
+        if not entries:
+            return 0
+        args: list[Any] = [GROUP, self.window_s, self.grace_s, DEDUP_S * 1000, len(entries)]
+        for entry_id, m in entries:
+            args += [
+                entry_id,
+                m.meter_id,  # "" for a tombstone: acknowledged only
+                m.tenant_id,
+                m.stripe_customer_id,
+                m.ended_at_ms,
+                1 if m.billable else 0,
+                m.billed_micro,
+                m.input_tokens + m.output_tokens,
+                m.credit_micro,
+            ]
+        k = self.keys
+        folded: int = await self._fold(
+            keys=[k.stream, k.seen, k.open, k.customers, k.tenants], args=args
+        )
+        return folded
+
+    async def close_due(self) -> int:
+        fields = [_text(f) for f in await self._client.hkeys(self.keys.open)]
+        if not fields:
+            return 0
+        args: list[Any] = [self.window_s, self.grace_s]
+        for field in fields:
+            tenant, event, start = field.rsplit("|", 2)
+            args += [field, identifier(tenant, event, int(start))]
+        k = self.keys
+        closed: int = await self._close(keys=[k.open, k.customers, k.outbox, k.ledger], args=args)
+        return closed
+
+    async def outbox(self) -> list[OutboxEntry]:
+        raw = await self._client.hgetall(self.keys.outbox)
+        return sorted(
+            (parse_entry(_text(i), v) for i, v in raw.items()), key=lambda e: e.window_start
+        )
+
+    async def mark_delivered(self, entry: OutboxEntry) -> None:
+        k = self.keys
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(k.outbox, entry.identifier)
+            pipe.hset(k.sent, entry.identifier, _encode(entry))
+            pipe.hincrby(k.synced, f"{entry.stripe_customer_id}|{entry.event_name}", entry.value)
+            await pipe.execute()
+
+    async def dead_letter(self, entry: OutboxEntry, reason: str) -> None:
+        k = self.keys
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(k.outbox, entry.identifier)
+            pipe.hset(k.dead, entry.identifier, f"{_encode(entry)}|{reason}")
+            await pipe.execute()
+
+    async def totals(self, name: str) -> dict[str, int]:
+        """A totals hash (`ledger` or `synced`) as "customer|event" -> value."""
+        raw = await self._client.hgetall(self.keys.name(name))
+        return {_text(f): int(v) for f, v in raw.items()}
+
+    async def tenant_totals(self, tenant_id: str) -> dict[str, int]:
+        fields = ("billed", "credited", "meters", "failed")
+        values = await self._client.hmget(self.keys.tenants, [f"{tenant_id}|{f}" for f in fields])
+        return {f: int(v or 0) for f, v in zip(fields, values, strict=True)}
+
+    async def health(self) -> dict[str, Any]:
+        k = self.keys
+        outbox = await self.outbox()
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.hlen(k.dead)
+            pipe.hlen(k.open)
+            pipe.xpending(k.stream, GROUP)
+            dead, open_windows, pending = await pipe.execute()
+        return {
+            "shard": k.shard,
+            "open_windows": int(open_windows),
+            "outbox": len(outbox),
+            "oldest_unsynced_window_start": outbox[0].window_start if outbox else None,
+            "dead_letters": int(dead),
+            "stream_pending": int(pending.get("pending", 0)) if isinstance(pending, dict) else 0,
+        }
+
+
+def _encode(entry: OutboxEntry) -> str:
+    return (
+        f"{entry.stripe_customer_id}|{entry.event_name}|{entry.value}|"
+        f"{entry.window_start}|{entry.tenant_id}"
+    )
+
+
+TOMBSTONE = Meter(
+    meter_id="",
+    request_id="",
+    tenant_id="",
+    stripe_customer_id="",
+    plan_id="",
+    requested_model="",
+    served_model="",
+    decision="",
+    input_tokens=0,
+    output_tokens=0,
+    ttft_ms=0.0,
+    total_ms=0.0,
+    sla_met=False,
+    cost_micro=0,
+    list_price_micro=0,
+    credit_micro=0,
+    billed_micro=0,
+    billable=False,
+    policy_version="",
+    ended_at_ms=0,
+)

@@ -1,0 +1,50 @@
+-- Fold a batch of stream entries into window totals and acknowledge them, atomically.
+-- If the process dies before this runs, the entries stay pending and are read again;
+-- after it, they are folded and acknowledged together: never both, never neither.
+-- Meters are deduplicated by meter id, so a meter written twice (a spool replay after
+-- an XADD that did land) is counted once.
+--
+-- KEYS[1] stream   KEYS[2] seen ZSET (meter id -> time, kept `dedup_ms`)
+-- KEYS[3] open HASH ("tenant|event|start" -> value)   KEYS[4] customers HASH (tenant -> cus_)
+-- KEYS[5] tenants HASH ("tenant|field" -> value: billed, credited, meters, failed)
+-- ARGV[1] group  ARGV[2] window_s  ARGV[3] grace_s  ARGV[4] dedup_ms  ARGV[5] n_entries
+-- then per entry 9 values: entry_id, meter_id, tenant, customer, ended_at_ms, billable,
+-- billed_micro, tokens, credit_micro
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local group = ARGV[1]
+local window_s = tonumber(ARGV[2])
+local grace_s = tonumber(ARGV[3])
+local dedup_ms = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local folded = 0
+local ids = {}
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dedup_ms)
+for i = 0, n - 1 do
+  local b = 6 + i * 9
+  local entry_id, meter_id, tenant, customer = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local ended_ms = tonumber(ARGV[b + 4])
+  local billable = ARGV[b + 5] == '1'
+  table.insert(ids, entry_id)
+  if meter_id ~= '' and redis.call('ZADD', KEYS[2], 'NX', now, meter_id) == 1 then
+    folded = folded + 1
+    if billable then
+      local start = math.floor(math.floor(ended_ms / 1000) / window_s) * window_s
+      if (start + window_s + grace_s) * 1000 <= now then
+        start = math.floor(math.floor(now / 1000) / window_s) * window_s  -- late: open window
+      end
+      redis.call('HINCRBY', KEYS[3], tenant .. '|rtcts_billed_micro_usd|' .. start, ARGV[b + 6])
+      redis.call('HINCRBY', KEYS[3], tenant .. '|rtcts_tokens|' .. start, ARGV[b + 7])
+      redis.call('HSET', KEYS[4], tenant, customer)
+      redis.call('HINCRBY', KEYS[5], tenant .. '|billed', ARGV[b + 6])
+      redis.call('HINCRBY', KEYS[5], tenant .. '|credited', ARGV[b + 8])
+      redis.call('HINCRBY', KEYS[5], tenant .. '|meters', 1)
+    else
+      redis.call('HINCRBY', KEYS[5], tenant .. '|failed', 1)
+    end
+  end
+end
+if #ids > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(ids))
+end
+return folded

@@ -1,0 +1,240 @@
+"""The local meter spool: where verified meters go while Redis cannot take them.
+
+An append-only JSONL file per writer (`<dir>/meters-<pid>-<start ms>-<token>-<seq>.jsonl`),
+one meter per line, in exactly the bytes the stream carries (`encode_meter`). Each
+batch is written and fsync'ed before the writer counts it as spooled. `replay` sends
+the meters of every file no live process owns, in order, and deletes a file only after
+all of it was sent. A meter may be sent twice (the aggregator deduplicates by
+`meter_id`); a meter that reached the spool is never lost.
+
+Ownership: a writer holds an exclusive `flock` on its open file for as long as it
+appends to it, and a replayer takes the same lock before touching a file. The lock
+goes with the process, so a crashed writer's files become replayable at once, while a
+live writer's file (in this process or another one sharing the directory) is never
+replayed under it. A new file is created under a hidden temporary name, locked, and
+only then renamed to its visible name, so no replayer can take a file between its
+creation and its lock.
+
+Guarantees, step by step (what holds if the process dies right after the step):
+
+- `append` wrote and fsync'ed the batch: it survives the process and the machine
+  (the file's directory entry was fsync'ed when the file was created).
+- `append` died mid-write: the file ends in a torn line, which replay skips with a
+  warning; the rest of the file is intact. A failed append (e.g. disk full) closes the
+  file, so the caller's retry goes to a fresh file and never appends after a torn line.
+- `replay` sent part of a file: the file is untouched; the next replay sends all of it
+  again (duplicates, no loss).
+- `replay` sent all of a file and renamed it `.done`: the next scan deletes the `.done`
+  file without sending it again.
+- `replay` unlinked the file: done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from serve_app.metering.meter import Meter
+
+logger = logging.getLogger("rtcts.metering.spool")
+
+SUFFIX = ".jsonl"
+DONE_SUFFIX = ".jsonl.done"
+DEFAULT_REPLAY_BATCH = 1024
+
+MeterBatchSender = Callable[[list[Meter]], Awaitable[None]]
+"""Sends a batch of meters to the stream; raises if any of them may not have landed."""
+
+
+class MeterSpool:
+    """The spool of one writer, and the replayer of every orphaned spool file beside it."""
+
+    def __init__(self, directory: Path, *, prefix: str = "meters") -> None:
+        self.directory = directory
+        self.prefix = prefix
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._stem = f"{prefix}-{os.getpid()}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self.skipped_lines = 0
+        """Lines replay could not read as a meter (a torn last line after a crash)."""
+
+    @property
+    def active_path(self) -> Path | None:
+        """The file appends go to now (None until the first append after a rotation)."""
+        return self._path
+
+    def append(self, meters: Sequence[Meter]) -> None:
+        from serve_app.metering.stream import encode_meter
+
+        self.append_encoded([encode_meter(m) for m in meters])
+
+    def append_encoded(self, payloads: Sequence[bytes]) -> None:
+        """Append encoded meters (one line each) and fsync. Raises OSError on failure,
+        after closing the file, so the retry starts a fresh one."""
+        if not payloads:
+            return
+        data = b"\n".join(payloads) + b"\n"
+        try:
+            file = self._file if self._file is not None else self._open_new()
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+            # Dies here: the batch is on disk (file and its directory entry fsync'ed).
+        except OSError:
+            self.rotate()
+            raise
+
+    def rotate(self) -> None:
+        """Close the active file (releasing its lock): it becomes replayable, and the next
+        append starts a new one."""
+        file, self._file, self._path = self._file, None, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+    close = rotate
+
+    def pending(self) -> list[Path]:
+        """Spool files waiting for replay (this writer's active file excluded), oldest
+        first. Files other live processes hold are included; replay skips them."""
+        found: list[tuple[int, str, Path]] = []
+        for entry in os.scandir(self.directory):
+            if not entry.name.startswith(self.prefix + "-") or not entry.name.endswith(SUFFIX):
+                continue
+            path = Path(entry.path)
+            if path == self._path:
+                continue
+            try:
+                found.append((entry.stat().st_mtime_ns, entry.name, path))
+            except FileNotFoundError:  # replayed by someone else meanwhile
+                continue
+        return [path for _, _, path in sorted(found)]
+
+    async def replay(
+        self, send: MeterBatchSender, *, batch_size: int = DEFAULT_REPLAY_BATCH
+    ) -> int:
+        """Send the meters of every replayable file, in order, `batch_size` at a time;
+        delete each file once all of it was sent. Returns how many meters were sent.
+
+        Whatever `send` raises propagates; the file being replayed stays for next time.
+        """
+        self._remove_done_files()
+        sent = 0
+        for path in self.pending():
+            sent += await self._replay_file(path, send, batch_size)
+        return sent
+
+    async def _replay_file(self, path: Path, send: MeterBatchSender, batch_size: int) -> int:
+        file = _open_locked(path)
+        if file is None:  # a live writer owns it, or another replayer took it
+            return 0
+        sent = 0
+        try:
+            while True:
+                # Read and decode off the event loop: a batch is a millisecond or more.
+                batch = await asyncio.to_thread(self._read_batch, file, path, batch_size)
+                if not batch:
+                    break
+                await send(batch)
+                sent += len(batch)
+                # Dies here: the file is intact; the next replay sends all of it again.
+            done = path.with_name(path.name[: -len(SUFFIX)] + DONE_SUFFIX)
+            os.replace(path, done)
+            # Dies here: `.done` is deleted, never sent again, by the next scan.
+            done.unlink()
+        finally:
+            file.close()
+        if sent:
+            logger.info("replayed %d spooled meters from %s", sent, path.name)
+        return sent
+
+    def _read_batch(self, file: BinaryIO, path: Path, size: int) -> list[Meter]:
+        """Up to `size` meters from where `file` stands; [] at its end."""
+        from serve_app.metering.stream import decode_meter
+
+        batch: list[Meter] = []
+        while len(batch) < size:
+            line = file.readline()
+            if not line:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                batch.append(decode_meter(text))
+            except ValueError as exc:
+                # A crash mid-append tears the last line; anything else is damage.
+                # Either way, never crash the replay over one line.
+                self.skipped_lines += 1
+                logger.warning("skipping an unreadable line of spool %s (%s)", path.name, exc)
+        return batch
+
+    def _remove_done_files(self) -> None:
+        """Delete `.done` files left by a replayer that died between rename and unlink,
+        and the empty hidden files of writers that died while creating a file."""
+        done = self.directory.glob(f"{self.prefix}-*{DONE_SUFFIX}")
+        hidden = self.directory.glob(f".{self.prefix}-*{SUFFIX}.new")
+        for path in [*done, *hidden]:
+            file = _open_locked(path)
+            if file is None:
+                continue
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                file.close()
+
+    def _open_new(self) -> BinaryIO:
+        name = f"{self._stem}-{self._seq:06d}{SUFFIX}"
+        self._seq += 1
+        hidden = self.directory / f".{name}.new"
+        final = self.directory / name
+        file = open(hidden, "ab")  # noqa: SIM115 - kept open across appends
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Dies here: a hidden, empty file no replayer looks at.
+            os.replace(hidden, final)
+            _fsync_dir(self.directory)
+            # Dies here: an empty visible file; a replayer deletes it.
+        except OSError:
+            file.close()
+            raise
+        self._file, self._path = file, final
+        return file
+
+
+def _open_locked(path: Path) -> BinaryIO | None:
+    """Open `path` for reading with an exclusive lock; None if it is held or gone."""
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        return None
+    except OSError:
+        file.close()
+        raise
+    if not path.exists():  # replayed and deleted between our open and our lock
+        file.close()
+        return None
+    return file
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,211 @@
+"""The aggregator's loop against a real Redis (no Ray): fold and acknowledge atomically,
+deduplicate meters, close windows into the outbox, late meters, retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from serve_app.metering.aggregator import AggregatorLoop
+from serve_app.metering.ledger import MeterLedger
+from serve_app.metering.meter import Meter, new_meter_id
+from serve_app.metering.stream import encode_meter
+from serve_app.metering.types import (
+    METER_EVENT_BILLED,
+    METER_EVENT_TOKENS,
+    OutboxEntry,
+    SendResult,
+    SendStatus,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _meter(
+    tenant: str, billed: int, *, billable: bool = True, ended_at_ms: int | None = None
+) -> Meter:
+    return Meter(
+        meter_id=new_meter_id(),
+        request_id=uuid.uuid4().hex,
+        tenant_id=tenant,
+        stripe_customer_id=f"cus_{tenant}",
+        plan_id="p",
+        requested_model="m",
+        served_model="m",
+        decision="allow",
+        input_tokens=10,
+        output_tokens=5,
+        ttft_ms=1.0,
+        total_ms=2.0,
+        sla_met=True,
+        cost_micro=1,
+        list_price_micro=billed,
+        credit_micro=0,
+        billed_micro=billed if billable else 0,
+        billable=billable,
+        policy_version="v",
+        ended_at_ms=int(time.time() * 1000) if ended_at_ms is None else ended_at_ms,
+    )
+
+
+class FakeSink:
+    """Records what it delivers; can answer RETRY or PERMANENT on demand."""
+
+    def __init__(self) -> None:
+        self.delivered: dict[str, OutboxEntry] = {}
+        self.script: list[SendStatus] = []
+
+    async def send(self, entries: Sequence[OutboxEntry]) -> list[SendResult]:
+        results = []
+        for entry in entries:
+            status = self.script.pop(0) if self.script else SendStatus.DELIVERED
+            if status is SendStatus.DELIVERED:
+                assert entry.identifier not in self.delivered or (
+                    self.delivered[entry.identifier] == entry
+                ), "an identifier was sent with two different values"
+                self.delivered[entry.identifier] = entry
+            results.append(SendResult(entry.identifier, status, "scripted"))
+        return results
+
+    def totals(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for e in self.delivered.values():
+            key = (e.stripe_customer_id, e.event_name)
+            out[key] = out.get(key, 0) + e.value
+        return out
+
+
+async def _setup(
+    redis_url: str, sink: FakeSink | None, **kw: Any
+) -> tuple[Any, MeterLedger, AggregatorLoop]:
+    client = aioredis.Redis.from_url(redis_url)
+    shard = int(uuid.uuid4().int % 10_000) + 100  # a shard of our own in a shared Redis
+    ledger = MeterLedger(
+        client, shard, window_s=kw.pop("window_s", 1), grace_s=kw.pop("grace_s", 0)
+    )
+    await ledger.ensure_group()
+    loop = AggregatorLoop(ledger, sink, consumer="agg-test", block_ms=10, **kw)
+    return client, ledger, loop
+
+
+async def _append(client: Any, ledger: MeterLedger, meters: list[Meter]) -> None:
+    for m in meters:
+        await client.xadd(ledger.keys.stream, {"m": encode_meter(m)})
+
+
+async def _drain(loop: AggregatorLoop, until: Any, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await until():
+        assert time.monotonic() < deadline, "aggregator did not converge"
+        await loop.step()
+        await asyncio.sleep(0.05)
+
+
+def test_meters_fold_once_and_windows_reach_the_sink_exactly(redis_url: str) -> None:
+    async def run() -> None:
+        sink = FakeSink()
+        client, ledger, loop = await _setup(redis_url, sink)
+        meters = [_meter("a", 100 + i) for i in range(50)] + [_meter("b", 7) for _ in range(20)]
+        failed = [_meter("a", 999, billable=False) for _ in range(5)]
+        await _append(client, ledger, meters + failed + meters[:10])  # 10 duplicates
+        expected = {
+            ("cus_a", METER_EVENT_BILLED): sum(
+                m.billed_micro for m in meters if m.tenant_id == "a"
+            ),
+            ("cus_b", METER_EVENT_BILLED): 7 * 20,
+            ("cus_a", METER_EVENT_TOKENS): 15 * 50,
+            ("cus_b", METER_EVENT_TOKENS): 15 * 20,
+        }
+
+        async def done() -> bool:
+            return sink.totals() == expected and not await ledger.outbox()
+
+        await _drain(loop, done)
+        assert await ledger.totals("synced") == {f"{c}|{e}": v for (c, e), v in expected.items()}
+        assert await ledger.totals("ledger") == await ledger.totals("synced")
+        assert (await ledger.tenant_totals("a"))["failed"] == 5
+        assert (await ledger.tenant_totals("a"))["meters"] == 50
+        assert (await ledger.health())["stream_pending"] == 0
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_crash_before_folding_rereads_the_pending_entries(redis_url: str) -> None:
+    async def run() -> None:
+        sink = FakeSink()
+        client, ledger, _ = await _setup(redis_url, sink)
+        meters = [_meter("c", 10) for _ in range(30)]
+        await _append(client, ledger, meters)
+        read = await ledger.read("agg-test", 100, 10)  # read, then "die" before folding
+        assert len(read) == 30
+        assert (await ledger.health())["stream_pending"] == 30
+        fresh = AggregatorLoop(ledger, sink, consumer="agg-test", block_ms=10)
+
+        async def done() -> bool:
+            return sink.totals().get(("cus_c", METER_EVENT_BILLED)) == 300
+
+        await _drain(fresh, done)
+        assert (await ledger.health())["stream_pending"] == 0
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_late_meter_is_billed_in_a_later_window_once(redis_url: str) -> None:
+    async def run() -> None:
+        sink = FakeSink()
+        client, ledger, loop = await _setup(redis_url, sink)
+        await _append(client, ledger, [_meter("d", 50)])
+
+        async def first_sent() -> bool:
+            return sink.totals().get(("cus_d", METER_EVENT_BILLED)) == 50
+
+        await _drain(loop, first_sent)
+        (first,) = (
+            sink.delivered.values()
+            if len(sink.delivered) == 1
+            else [e for e in sink.delivered.values() if e.event_name == METER_EVENT_BILLED]
+        )
+        # A meter of that (already sent) window arrives late.
+        late = _meter("d", 8, ended_at_ms=first.window_start * 1000 + 10)
+        await _append(client, ledger, [late])
+
+        async def late_sent() -> bool:
+            return sink.totals().get(("cus_d", METER_EVENT_BILLED)) == 58
+
+        await _drain(loop, late_sent)
+        billed = [e for e in sink.delivered.values() if e.event_name == METER_EVENT_BILLED]
+        assert len(billed) == 2
+        assert first in billed  # the sent window was never changed
+        assert max(e.window_start for e in billed) > first.window_start
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_retries_then_delivers_and_dead_letters_permanent_refusals(redis_url: str) -> None:
+    async def run() -> None:
+        sink = FakeSink()
+        sink.script = [SendStatus.RETRY, SendStatus.RETRY, SendStatus.PERMANENT]
+        client, ledger, loop = await _setup(redis_url, sink)
+        await _append(client, ledger, [_meter("e", 5)])
+
+        async def settled() -> bool:
+            health = await ledger.health()
+            handled = health["dead_letters"] + len(sink.delivered)
+            return handled == 2 and health["outbox"] == 0
+
+        await _drain(loop, settled, timeout_s=60)
+        health = await ledger.health()
+        assert health["dead_letters"] == 1  # one of the two windows was refused for good
+        assert len(sink.delivered) == 1
+        await client.aclose()
+
+    asyncio.run(run())
