@@ -7,6 +7,7 @@
     rtcts run [--policy P] [--port N] [--time-scale X]
                                     serve locally until Ctrl-C (what `make run` calls)
     rtcts serve-config [--policy P] the Serve config file of a policy (serve_config.yaml)
+    rtcts reconcile [--days N]      the local billing ledger against Stripe (REDIS_URL)
     rtcts demo [--url U] [--speed X] [--duration-s S] [--dry-run] ...
                                     replay a trace against a running rtcts, live table
 
@@ -103,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dry-run", action="store_true", help="only print what would be sent")
     demo.set_defaults(handler=_demo)
 
+    rec = commands.add_parser(
+        "reconcile", help="compare the local billing ledger with Stripe; exit 1 on drift"
+    )
+    rec.add_argument("--shards", type=_positive_int, default=1, help="meter stream shards (1)")
+    rec.add_argument("--days", type=_positive_int, default=30, help="how far back (30, max 35)")
+    rec.set_defaults(handler=_reconcile)
+
     config = commands.add_parser("serve-config", help="print the Serve config file of a policy")
     config.add_argument("--policy", default=None, help="policy file (env RTCTS_POLICY_PATH)")
     config.set_defaults(handler=_serve_config)
@@ -192,6 +200,45 @@ def _demo(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         )
     )
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    """Reads REDIS_URL and STRIPE_API_KEY / STRIPE_API_BASE (Settings)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from serve_app.metering.aggregator import stripe_sink_for
+    from serve_app.metering.view import BillingView
+
+    settings = Settings.from_env()
+    if settings.redis_url is None:
+        print("rtcts: set REDIS_URL to the Redis that holds the billing ledger", file=sys.stderr)
+        return 2
+    if settings.stripe_api_key is None and settings.stripe_api_base is None:
+        print("rtcts: set STRIPE_API_KEY (or STRIPE_API_BASE for the emulator)", file=sys.stderr)
+        return 2
+
+    async def run() -> bool:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        sink = stripe_sink_for(settings.stripe_api_base)
+        try:
+            view = BillingView(client, args.shards, window_s=60, grace_s=10)
+            report = await view.reconcile(sink.client, days=min(args.days, 35))
+        finally:
+            await sink.aclose()
+            await client.aclose()
+        for line in report.lines:
+            stripe_value = "?" if line.stripe is None else str(line.stripe)
+            status = "ok" if line.ok else f"DRIFT {line.drift}" if not line.error else line.error
+            print(
+                f"{line.stripe_customer_id:<24} {line.event_name:<24} "
+                f"local {line.local:>14} stripe {stripe_value:>14}  {status}"
+            )
+        print("no drift" if report.ok else f"{len(report.drifted)} lines drift")
+        return report.ok
+
+    return 0 if asyncio.run(run()) else 1
 
 
 def _serve_config(args: argparse.Namespace) -> int:

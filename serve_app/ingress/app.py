@@ -32,9 +32,10 @@ from serve_app.cluster.state import ClusterState
 from serve_app.ingress import errors
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.ingress.service import ChatService
-from serve_app.metering.aggregator import AggregatorConfig, ensure_aggregators
+from serve_app.metering.aggregator import AggregatorConfig, ensure_aggregators, stripe_sink_for
 from serve_app.metering.meter import MemorySink, MeterSink
 from serve_app.metering.stream import MeterStreamWriter
+from serve_app.metering.view import BillingView
 from serve_app.policy import load_policy_dict
 from serve_app.policy.schema import Tenant
 from serve_app.telemetry import RayMetrics
@@ -86,8 +87,17 @@ class Ingress:
         )
         state.start()
         admission = None
+        billing_view = None
         sink: MeterSink = MemorySink()
         self._writer: MeterStreamWriter | None = None
+        self._stripe_base = None if billing is None else billing["stripe_api_base"]
+        if redis_url is not None:
+            client = aioredis.Redis.from_url(
+                redis_url,
+                socket_timeout=redis_timeout_s,
+                socket_connect_timeout=redis_timeout_s,
+            )
+            admission = AdmissionGate(RedisAdmission(client), timeout_s=redis_timeout_s)
         if redis_url is not None and billing is not None:
             # Verified meters go to the Redis stream (spooled to disk while Redis is
             # down); the aggregator actors that read it are created once, detached.
@@ -98,9 +108,16 @@ class Ingress:
             )
             self._writer.start()
             sink = self._writer
+            billing_view = BillingView(
+                client,
+                billing["meter_shards"],
+                window_s=billing["window_s"],
+                grace_s=billing["grace_s"],
+            )
             ensure_aggregators(
                 AggregatorConfig(
                     redis_url=redis_url,
+                    instance=app_name,
                     shards=billing["meter_shards"],
                     window_s=billing["window_s"],
                     grace_s=billing["grace_s"],
@@ -109,14 +126,9 @@ class Ingress:
                     customers=tuple((t.stripe_customer_id, t.id) for t in loaded.policy.tenants),
                 )
             )
-        if redis_url is not None:
-            client = aioredis.Redis.from_url(
-                redis_url,
-                socket_timeout=redis_timeout_s,
-                socket_connect_timeout=redis_timeout_s,
-            )
-            admission = AdmissionGate(RedisAdmission(client), timeout_s=redis_timeout_s)
-        self.service = ChatService(loaded, state, handles, sink, metrics, admission=admission)
+        self.service = ChatService(
+            loaded, state, handles, sink, metrics, admission=admission, billing=billing_view
+        )
 
     async def _tenant_and_body(self, request: Request) -> tuple[Tenant, ChatCompletionRequest]:
         tenant = self.service.authenticate(request.headers.get("authorization"))
@@ -151,15 +163,32 @@ class Ingress:
 
     @app.get("/v1/admin/usage/{tenant_id}")
     async def admin_usage(self, tenant_id: str, request: Request) -> JSONResponse:
+        self._require_admin(request)
+        tenant = self.service.tenant_by_id(tenant_id)
+        if tenant is None:
+            raise errors.ApiError(404, f"No tenant '{tenant_id}'.", code="tenant_not_found")
+        return JSONResponse(await self.service.usage(tenant))
+
+    @app.get("/v1/admin/billing")
+    async def admin_billing(self, request: Request) -> JSONResponse:
+        self._require_admin(request)
+        return JSONResponse(await self.service.billing_health())
+
+    @app.post("/v1/admin/reconcile")
+    async def admin_reconcile(self, request: Request) -> JSONResponse:
+        self._require_admin(request)
+        sink = stripe_sink_for(self._stripe_base)
+        try:
+            return JSONResponse(await self.service.reconcile(sink.client))
+        finally:
+            await sink.aclose()
+
+    def _require_admin(self, request: Request) -> None:
         authorization = request.headers.get("authorization")
         if not self.service.is_admin(authorization):
             if self.service.tenants.authenticate(authorization) is not None:
                 raise errors.forbidden("This endpoint needs an admin key.")
             raise errors.unauthorized()
-        tenant = self.service.tenant_by_id(tenant_id)
-        if tenant is None:
-            raise errors.ApiError(404, f"No tenant '{tenant_id}'.", code="tenant_not_found")
-        return JSONResponse(await self.service.usage(tenant))
 
     @app.get("/v1/cluster")
     async def cluster(self, request: Request) -> JSONResponse:

@@ -44,6 +44,7 @@ from serve_app.ingress.protocol import (
     sse,
 )
 from serve_app.metering.meter import Meter, MeterSink, new_meter_id
+from serve_app.metering.view import BillingView
 from serve_app.models.backend import BackendError, Completion, Delta, GenerationRequest
 from serve_app.models.tokens import count_chat_tokens
 from serve_app.policy import LoadedPolicy, Tenant, hash_api_key
@@ -94,6 +95,7 @@ class ChatService:
         sink: MeterSink,
         metrics: Metrics | None = None,
         admission: AdmissionGate | None = None,
+        billing: BillingView | None = None,
     ) -> None:
         self.policy = policy
         self.book = PriceBook.from_policy(policy.policy, policy.version)
@@ -103,6 +105,7 @@ class ChatService:
         self._sink = sink
         self._metrics = metrics or NoMetrics()
         self._admission = admission
+        self._billing = billing
         self._limits = {
             p.id: Limits(
                 p.limits.requests_per_minute,
@@ -348,6 +351,17 @@ class ChatService:
             raise errors.admission_unavailable() from None
         limits = self._limits[tenant.plan]
         spent = usage.settled_micro + usage.reserved_micro
+        billing: dict[str, Any] | None = None
+        if self._billing is not None:
+            money = await self._billing.tenant(tenant.id, tenant.stripe_customer_id)
+            billing = {
+                "billed_usd": _usd(money["billed_micro"]),
+                "credited_usd": _usd(money["credited_micro"]),
+                "synced_to_stripe_usd": _usd(money["synced_micro"]),
+                "pending_usd": _usd(money["pending_micro"]),
+                "billable_requests": money["billable_requests"],
+                "failed_requests_not_billed": money["failed_requests"],
+            }
         return {
             "object": "rtcts.usage",
             "tenant": tenant.id,
@@ -370,7 +384,21 @@ class ChatService:
                 "billed_requests": usage.billed_requests,
                 "billed_tokens": usage.billed_tokens,
             },
+            "billing": billing,
         }
+
+    async def billing_health(self) -> dict[str, Any]:
+        """Admin: per meter shard, open windows, outbox size, oldest unsynced age, dead letters."""
+        if self._billing is None:
+            raise errors.ApiError(404, "Billing is not configured.", code="billing_disabled")
+        return {"object": "rtcts.billing", "shards": await self._billing.health()}
+
+    async def reconcile(self, stripe_client: Any) -> dict[str, Any]:
+        """Admin: the local ledger against Stripe's event summaries."""
+        if self._billing is None:
+            raise errors.ApiError(404, "Billing is not configured.", code="billing_disabled")
+        report = await self._billing.reconcile(stripe_client)
+        return report.to_dict()
 
     def admission_health(self) -> dict[str, object] | None:
         return None if self._admission is None else self._admission.health()

@@ -37,13 +37,15 @@ from serve_app.metering.types import (
 
 logger = logging.getLogger("rtcts.aggregator")
 
-AGGREGATOR_NAME = "rtcts-meter-aggregator-{shard}"
+AGGREGATOR_NAME = "{instance}-meter-aggregator-{shard}"
 AGGREGATOR_NAMESPACE = "rtcts"
 
 
 @dataclass(frozen=True)
 class AggregatorConfig:
     redis_url: str = field(repr=False)
+    instance: str = "rtcts"
+    """Names the actors (`<instance>-meter-aggregator-<shard>`): the app's name."""
     shards: int = 1
     window_s: int = 60
     grace_s: int = 10
@@ -145,17 +147,24 @@ class AggregatorLoop:
                 await asyncio.sleep(0.05)
 
 
-async def make_sink(config: AggregatorConfig) -> Sink | None:
-    """The Stripe sink, its meters and customers checked (created on the emulator). The
-    API key is read here, in the actor, from its environment: never passed or logged."""
+def stripe_sink_for(api_base: str | None, mode: str = "v1") -> StripeSink:
+    """A sink on Stripe (`STRIPE_API_KEY`) or a Stripe-compatible `api_base`. The key is
+    read here, from this process's environment: never passed around or logged; the
+    emulator takes any test key."""
     from serve_app.settings import Settings
 
     api_key = Settings.from_env().stripe_api_key
-    if config.stripe_api_base is None and api_key is None:
+    return StripeSink.connect(api_key or EMULATOR_API_KEY, api_base, mode=mode)
+
+
+async def make_sink(config: AggregatorConfig) -> Sink | None:
+    """The aggregator's sink, its meters and customers checked (created on the emulator);
+    None when neither Stripe nor an emulator is configured."""
+    from serve_app.settings import Settings
+
+    if config.stripe_api_base is None and Settings.from_env().stripe_api_key is None:
         return None
-    sink = StripeSink.connect(
-        api_key or EMULATOR_API_KEY, config.stripe_api_base, mode=config.stripe_mode
-    )
+    sink = stripe_sink_for(config.stripe_api_base, config.stripe_mode)
     while True:
         try:
             await sink.ensure_setup(config.customers, METER_EVENTS)
@@ -229,7 +238,7 @@ def ensure_aggregators(config: AggregatorConfig) -> list[Any]:
     """The aggregator actors of every shard, created once (get-if-exists), detached."""
     return [
         MeterAggregator.options(  # type: ignore[attr-defined]
-            name=AGGREGATOR_NAME.format(shard=shard),
+            name=AGGREGATOR_NAME.format(instance=config.instance, shard=shard),
             namespace=AGGREGATOR_NAMESPACE,
             lifetime="detached",
             get_if_exists=True,

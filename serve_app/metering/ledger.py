@@ -207,6 +207,11 @@ class MeterLedger:
         raw = await self._client.hgetall(self.keys.name(name))
         return {_text(f): int(v) for f, v in raw.items()}
 
+    async def sent(self) -> list[OutboxEntry]:
+        """Every window delivered to Stripe (the local ledger, entry by entry)."""
+        raw = await self._client.hgetall(self.keys.sent)
+        return [parse_entry(_text(i), v) for i, v in raw.items()]
+
     async def tenant_totals(self, tenant_id: str) -> dict[str, int]:
         fields = ("billed", "credited", "meters", "failed")
         values = await self._client.hmget(self.keys.tenants, [f"{tenant_id}|{f}" for f in fields])

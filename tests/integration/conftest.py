@@ -63,7 +63,18 @@ def ray_serve() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def app_url(ray_serve: str, redis_url: str) -> str:
+def stripe_url() -> Iterator[str]:
+    """The local Stripe emulator (in a thread) that the app's aggregator bills."""
+    from serve_app.metering.emulator import EmulatorServer
+
+    with EmulatorServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def app_url(
+    ray_serve: str, redis_url: str, stripe_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> str:
     """The rtcts app deployed from the integration policy, live state flowing."""
     from ray import serve
 
@@ -77,6 +88,10 @@ def app_url(ray_serve: str, redis_url: str) -> str:
                 "app_name": APP_NAME,
                 "redis_url": redis_url,
                 "ingress_replicas": 2,
+                "data_dir": str(tmp_path_factory.mktemp("rtcts-data")),
+                "stripe_api_base": stripe_url,
+                "window_s": 1,
+                "grace_s": 1,
             }
         ),
         name=APP_NAME,
