@@ -538,10 +538,12 @@ class MeterStreamWriter:
         try:
             await self._spool.replay(self._send_replayed, batch_size=self._replay_batch_size)
         except _ReplayInterrupted:
-            self._spool_pending = True
+            self._spool_pending = True  # Redis failed: retried as soon as it answers
         except Exception:
-            self._spool_pending = True
-            logger.exception("meter spool replay failed; retried after the next flush")
+            # The spool itself failed (a file we cannot read): retried at the next rescan,
+            # not every second.
+            self._next_rescan = time.monotonic() + self._rescan_s
+            logger.exception("meter spool replay failed; retried in %.0f s", self._rescan_s)
 
     async def _send_replayed(self, meters: list[Meter]) -> None:
         if self._stopping or not self._breaker.allow():
@@ -553,6 +555,7 @@ class MeterStreamWriter:
             self._down(exc)
             raise _ReplayInterrupted from exc
         self._replayed += len(meters)
+        self._mark_up()  # this may have been the breaker's probe
 
     # -- Redis up / down ----------------------------------------------------------
 
@@ -564,6 +567,9 @@ class MeterStreamWriter:
             logger.warning("Redis unreachable (%s): meters go to the local spool", name)
 
     def _up(self) -> None:
+        self._mark_up()
+        self._maybe_replay()
+
+    def _mark_up(self) -> None:
         if self._breaker.success():
             logger.warning("Redis reachable again: meters back on the stream; replaying")
-        self._maybe_replay()
