@@ -6,8 +6,10 @@ Guarantees:
   `asyncio.wait_for`, on top of the client's socket timeouts), and while the circuit
   breaker is open it does not wait at all;
 - a limit is never exceeded because of a slow answer: a timed-out call may have been
-  admitted in Redis, so before an outage is established (breaker open) it is answered
-  with a retryable 503, not admitted again locally; refused connections fall back at once;
+  admitted in Redis, so it is answered with a retryable 503, never admitted again
+  locally, and it does not count towards an outage (under a burst the event loop, not
+  Redis, is usually what is slow); refused or broken connections fall back at once and
+  open the breaker after 3 in a row;
 - the switch to the fallback and the return to Redis are logged once each and counted;
 - a settle that cannot reach Redis is kept and retried (oldest first) after the next
   successful call, so verified usage is not lost; reservations it would have released
@@ -84,12 +86,14 @@ class AdmissionGate:
             try:
                 result: Admitted | Refused = await self._call(self._store.admit(ticket, limits))
             except _REDIS_ERRORS as exc:
-                self._down(exc)
-                if _ambiguous(exc) and not self._breaker.is_open:
+                if _ambiguous(exc):
                     # A timed-out call may have been admitted in Redis: admitting it again
-                    # locally could exceed the limit. Until an outage is established (the
-                    # breaker opens), such a request gets a retryable 503.
+                    # locally could exceed the limit, and a slow answer is as likely an
+                    # overloaded event loop as a sick Redis. Retryable 503; the breaker
+                    # opens on connection failures only.
+                    self._count(exc)
                     raise AdmissionUnavailable("admission timed out; retry shortly") from None
+                self._down(exc)
             else:
                 if isinstance(result, Admitted):
                     self._local.last_settled_micro[ticket.tenant_id] = result.settled_micro
@@ -130,9 +134,12 @@ class AdmissionGate:
     async def _call(self, coro: Any) -> Any:
         return await asyncio.wait_for(coro, self._timeout_s)
 
-    def _down(self, exc: BaseException) -> None:
+    def _count(self, exc: BaseException) -> None:
         name = type(exc).__name__
         self.failures[name] = self.failures.get(name, 0) + 1
+
+    def _down(self, exc: BaseException) -> None:
+        self._count(exc)
         if self._breaker.failure():
             self.outages += 1
             logger.warning(

@@ -12,6 +12,7 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
     rtcts:agg:{s<i>}:ledger      totals closed per "customer|event" (source of truth)
     rtcts:agg:{s<i>}:synced      totals delivered per "customer|event"
     rtcts:agg:{s<i>}:dead        windows Stripe refused for good (identifier -> entry|reason)
+    rtcts:agg:{s<i>}:bad_meters  stream entries that are not meters (entry id -> raw)
 
 Guarantees of each step, if the process dies right after it:
 - `fold`: the batch is folded and acknowledged, or neither (one Lua script);
@@ -144,7 +145,14 @@ class MeterLedger:
                 result.append((_text(entry_id), TOMBSTONE))
                 continue
             data = fields.get(b"m", fields.get("m"))
-            result.append((_text(entry_id), decode_meter(data)))
+            try:
+                meter = decode_meter(data)
+            except (ValueError, TypeError):
+                # A malformed entry must not block the shard: keep it for people to
+                # see (`bad_meters`), then acknowledge it like a deleted one.
+                await self._client.hset(self.keys.name("bad_meters"), _text(entry_id), data or b"")
+                meter = TOMBSTONE
+            result.append((_text(entry_id), meter))
         return result
 
     async def fold(self, entries: list[tuple[str, Meter]]) -> int:

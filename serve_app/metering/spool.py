@@ -91,6 +91,8 @@ class MeterSpool:
             os.fsync(file.fileno())
             # Dies here: the batch is on disk (file and its directory entry fsync'ed).
         except OSError:
+            # Never append after a failed write or fsync (the kernel may have dropped the
+            # unwritten pages, the file may end mid-line): the retry goes to a new file.
             self.rotate()
             raise
 
@@ -108,16 +110,18 @@ class MeterSpool:
         """Spool files waiting for replay (this writer's active file excluded), oldest
         first. Files other live processes hold are included; replay skips them."""
         found: list[tuple[int, str, Path]] = []
-        for entry in os.scandir(self.directory):
-            if not entry.name.startswith(self.prefix + "-") or not entry.name.endswith(SUFFIX):
-                continue
-            path = Path(entry.path)
-            if path == self._path:
-                continue
-            try:
-                found.append((entry.stat().st_mtime_ns, entry.name, path))
-            except FileNotFoundError:  # replayed by someone else meanwhile
-                continue
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if not name.startswith(self.prefix + "-") or not name.endswith(SUFFIX):
+                    continue
+                path = Path(entry.path)
+                if path == self._path:
+                    continue
+                try:
+                    found.append((entry.stat().st_mtime_ns, name, path))
+                except FileNotFoundError:  # replayed by someone else meanwhile
+                    continue
         return [path for _, _, path in sorted(found)]
 
     async def replay(

@@ -209,3 +209,21 @@ def test_retries_then_delivers_and_dead_letters_permanent_refusals(redis_url: st
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_malformed_stream_entry_does_not_block_the_shard(redis_url: str) -> None:
+    async def run() -> None:
+        sink = FakeSink()
+        client, ledger, loop = await _setup(redis_url, sink)
+        await client.xadd(ledger.keys.stream, {"m": b"not a meter"})
+        await _append(client, ledger, [_meter("f", 21)])
+
+        async def done() -> bool:
+            return sink.totals().get(("cus_f", METER_EVENT_BILLED)) == 21
+
+        await _drain(loop, done)
+        assert await client.hlen(ledger.keys.name("bad_meters")) == 1
+        assert (await ledger.health())["stream_pending"] == 0
+        await client.aclose()
+
+    asyncio.run(run())

@@ -164,7 +164,7 @@ def test_loading_a_model_raises_its_quote_flips_auto_and_throttles(app_url: str)
                 timeout=120,
             )
         )
-        for _ in range(14)
+        for _ in range(20)
     ]
     for thread in threads:
         thread.start()

@@ -1,0 +1,19 @@
+"""cluster.yaml stays a valid Ray cluster config that keeps Ray off Redis's port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_yaml_parses_and_ray_avoids_port_6379() -> None:
+    text = (ROOT / "cluster.yaml").read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
+    assert config["head_node_type"] in config["available_node_types"]
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--port=6380" in head_start
+    assert "6379" not in head_start
+    assert all(":6380" in c for c in config["worker_start_ray_commands"] if "--address" in c)
