@@ -83,7 +83,7 @@ import redis.asyncio as aioredis
 from serve_app.local.redis_server import EmbeddedRedis
 from serve_app.metering.aggregator import AggregatorConfig, AggregatorLoop
 from serve_app.metering.emulator import EMULATOR_API_KEY, EmulatorServer
-from serve_app.metering.ledger import MeterLedger, ShardKeys
+from serve_app.metering.ledger import GROUP, MeterLedger, ShardKeys
 from serve_app.metering.meter import Meter, new_meter_id
 from serve_app.metering.stream import MeterStreamWriter, shard_of
 from serve_app.metering.stripe_sink import StripeSink
@@ -404,6 +404,10 @@ class ThroughputResult:
         return all(self.checks.values())
 
 
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def verify(
     client: redis_sync.Redis, shards: int, expected: Expected
 ) -> tuple[dict[str, bool], list[str]]:
@@ -412,20 +416,20 @@ def verify(
     for shard in range(shards):
         k = ShardKeys(shard)
         for raw_field, raw_value in client.hgetall(k.tenants).items():
-            name = raw_field.decode().rsplit("|", 1)[1]
+            name = text(raw_field).rsplit("|", 1)[1]
             if name == "meters":
                 meters += int(raw_value)
             elif name == "failed":
                 failed += int(raw_value)
         for raw_field, raw_value in client.hgetall(k.open).items():
-            event = raw_field.decode().split("|")[1]
+            event = text(raw_field).rsplit("|", 2)[1]
             billed += int(raw_value) if event == METER_EVENT_BILLED else 0
             tokens += int(raw_value) if event == METER_EVENT_TOKENS else 0
         for raw_field, raw_value in client.hgetall(k.ledger).items():
-            event = raw_field.decode().split("|")[1]
+            event = text(raw_field).rsplit("|", 1)[1]
             ledger_billed += int(raw_value) if event == METER_EVENT_BILLED else 0
             ledger_tokens += int(raw_value) if event == METER_EVENT_TOKENS else 0
-        info = client.xpending(k.stream, "aggregator")
+        info = client.xpending(k.stream, GROUP)
         pending += int(info["pending"])
         appended += int(client.xlen(k.stream))
     checks = {
@@ -817,14 +821,18 @@ def print_throughput(results: Sequence[ThroughputResult]) -> None:
             f"| **{r.sustained_per_s:,.0f}** | {r.end_to_end_s:.2f} | {verdict} "
             f"| {'ok' if r.correct else 'FAILED'} |"
         )
-    print("\nCPU µs per meter (other processes on the machine: cores busy on average)")
-    print("| shards | producer | aggregator(s) | redis-server | total | others (cores) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    cpus = os.cpu_count() or 1
+    print(
+        "\nCPU µs per meter; ceiling = all cores busy at that cost; others = cores that other"
+        " processes on the machine kept busy on average"
+    )
+    print("| shards | producer | aggregator(s) | redis-server | total | ceiling/s | others |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         c = r.cpu_us_per_meter
         print(
             f"| {r.shards} | {c['producer']:.1f} | {c['aggregators']:.1f} | {c['redis']:.1f} "
-            f"| {c['total']:.1f} | {r.other_cores:.2f} |"
+            f"| {c['total']:.1f} | {cpus * 1e6 / c['total']:,.0f} | {r.other_cores:.2f} |"
         )
     print("\nAggregator wall time (s): busy reads incl. decode, folds, closes")
     print("| shards | shard | folds | meters/fold | read+decode | idle reads | fold | close |")

@@ -175,9 +175,9 @@ def test_loading_a_model_raises_its_quote_flips_auto_and_throttles(app_url: str)
             quote = _quote(app_url, "flex", "auto")
             seen.append(quote)
             small = _candidate(quote, "small")
-            raised = small["predicted_ttft_ms"] > small_before[
-                "predicted_ttft_ms"
-            ] + 1000 and float(small["cost_usd"]) > float(small_before["cost_usd"])
+            raised = small["predicted_ttft_ms"] > small_before["predicted_ttft_ms"] + 500 and float(
+                small["cost_usd"]
+            ) > float(small_before["cost_usd"])
             return quote if raised and quote["model"] == "mid" else None
 
         try:
@@ -185,10 +185,17 @@ def test_loading_a_model_raises_its_quote_flips_auto_and_throttles(app_url: str)
         except AssertionError:
             pytest.fail(f"before: {small_before}\nlast: {seen[-1] if seen else None}")
         assert after["decision"] == "allow"
-        assert "ttft_over_sla" in _candidate(after, "small")["why_not"]
+        assert _candidate(after, "mid")["feasible"]  # auto moved to another feasible model
 
+        # Once every replica it may have is loaded, a plan without substitution throttles.
+        wait_until(
+            lambda: _quote(app_url, "strict", "small")["decision"] == "throttle", timeout_s=30
+        )
         throttled = httpx.post(
-            f"{app_url}/v1/chat/completions", json=chat_body("small"), headers=auth("strict")
+            f"{app_url}/v1/chat/completions",
+            json=chat_body("small"),
+            headers=auth("strict"),
+            timeout=60,
         )
         assert throttled.status_code == 429
         assert throttled.json()["error"]["code"] == "margin_throttled"
