@@ -29,7 +29,7 @@ from serve_app.errors import ContextWindowError, ModelNotInPlanError, UnknownMod
 from serve_app.policy.schema import InfeasibleAction
 from serve_app.pricing.book import ModelProfile, PlanTerms, PriceBook
 from serve_app.pricing.cost import estimate
-from serve_app.pricing.price import PICO_PER_MICRO, floor_price_micro, margin, pico_to_micro
+from serve_app.pricing.price import PICO_PER_MICRO, floor_price_micro, margin
 from serve_app.pricing.types import (
     HARD_INFEASIBILITIES,
     NO_REPLICAS,
@@ -41,6 +41,8 @@ from serve_app.pricing.types import (
     PriceRequest,
     Reason,
 )
+
+HALF_MICRO = PICO_PER_MICRO // 2
 
 
 def decide(
@@ -153,12 +155,14 @@ def quote(
     est = estimate(model, load, input_tokens, output_tokens)
     in_rate, out_rate = rates.input_micro_per_1m, rates.output_micro_per_1m
     pico = input_tokens * in_rate + output_tokens * out_rate
-    worst_case = pico_to_micro(input_tokens * in_rate + output_cap * out_rate)
+    # pico_to_micro and margin, inlined (this runs per candidate per request).
+    worst_case = (input_tokens * in_rate + output_cap * out_rate + HALF_MICRO) // PICO_PER_MICRO
     if price_ceiling_micro is not None:
         pico = min(pico, price_ceiling_micro[0] * PICO_PER_MICRO)
         worst_case = min(worst_case, price_ceiling_micro[1])
-    price = pico_to_micro(pico)
-    gross_margin = margin(pico, est.cost_usd)
+    price = (pico + HALF_MICRO) // PICO_PER_MICRO
+    cost_usd = est.cost_usd
+    gross_margin = 1.0 - cost_usd * 1e12 / pico if pico > 0 else margin(pico, cost_usd)
 
     reasons: tuple[Infeasibility, ...] = ()
     if input_tokens + (max_tokens or 1) > model.context_window_tokens:
@@ -182,7 +186,7 @@ def quote(
         est.ttft_s,
         est.tpot_s,
         est.total_s,
-        round(est.cost_usd * 1e6),
+        round(cost_usd * 1e6),
         price,
         worst_case,
         gross_margin,
