@@ -311,7 +311,7 @@ def aggregator_main(
         runner = asyncio.create_task(loop.run(stop))
         try:
             await asyncio.wait_for(asyncio.shield(runner), THROUGHPUT_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             stop.set()
             await runner
         cpu = time.process_time() - cpu0
@@ -906,7 +906,7 @@ def main() -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "implementation": platform.python_implementation(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "iterations": args.iterations,
         "warmup": args.warmup,
         "gc_disabled": args.no_gc,

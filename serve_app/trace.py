@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from serve_app.errors import RtctsError
@@ -47,7 +47,7 @@ def parse_timestamp(text: str) -> float:
         raise ValueError(f"not a timestamp: {text!r}") from None
     if fraction and not fraction.isdigit():
         raise ValueError(f"not a timestamp: {text!r}")
-    seconds = parsed.replace(tzinfo=timezone.utc).timestamp()
+    seconds = parsed.replace(tzinfo=UTC).timestamp()
     return seconds + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
 
 

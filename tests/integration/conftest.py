@@ -8,7 +8,6 @@ Everything is shut down at the end of the session.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,17 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from serve_app.local.child import free_port
+
 POLICY = Path(__file__).with_name("policy.yaml")
 APP_NAME = "rtcts-it"
 KEYS = {plan: f"it-{plan}" for plan in ("flex", "strict", "premium", "limited", "budget", "closed")}
 ADMIN_KEY = "it-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.1) -> Any:

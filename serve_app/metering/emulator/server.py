@@ -9,7 +9,6 @@ stops it by its PID.
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from types import TracebackType
 import uvicorn
 
 from serve_app.errors import RtctsError
+from serve_app.local.child import ChildServer
 from serve_app.metering.emulator.app import create_app
 from serve_app.metering.emulator.schemas import RequestValidator, load_schemas
 from serve_app.metering.emulator.state import EmulatorState, Faults
@@ -138,13 +138,6 @@ class EmulatorServer:
         self.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/_emulator/health", timeout=0.5) as response:
@@ -153,8 +146,11 @@ def healthy(url: str) -> bool:
         return False
 
 
-class EmulatorProcess:
+class EmulatorProcess(ChildServer):
     """The emulator as a child process on 127.0.0.1; stopped by its PID."""
+
+    name = "the Stripe emulator"
+    error = EmulatorError
 
     def __init__(
         self,
@@ -166,21 +162,16 @@ class EmulatorProcess:
         seed: int | None = None,
         log_path: Path | None = None,
     ) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.state_path = state_path
         self.fail_rate = fail_rate
         self.timeout_s = timeout_s
         self.seed = seed
         self.log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "serve_app.metering.emulator", "--port", str(self.port)]
@@ -192,44 +183,9 @@ class EmulatorProcess:
             cmd += ["--seed", str(self.seed)]
         return cmd
 
+    def ready(self) -> bool:
+        return healthy(self.url)
+
     def start(self) -> EmulatorProcess:
-        if self.log_path is None:
-            self._process = subprocess.Popen(
-                self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-        else:
-            with open(self.log_path, "ab") as log:
-                self._process = subprocess.Popen(self.command(), stdout=log, stderr=log)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise EmulatorError(
-                    f"the Stripe emulator exited with code {self._process.returncode}"
-                )
-            if healthy(self.url):
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise EmulatorError(f"the Stripe emulator did not answer on {self.url}")
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.launch(self.log_path)
+        return self
