@@ -83,7 +83,7 @@ import redis.asyncio as aioredis
 from serve_app.local.redis_server import EmbeddedRedis
 from serve_app.metering.aggregator import AggregatorConfig, AggregatorLoop
 from serve_app.metering.emulator import EMULATOR_API_KEY, EmulatorServer
-from serve_app.metering.ledger import GROUP, MeterLedger, ShardKeys
+from serve_app.metering.ledger import GROUP, FoldItem, MeterLedger, ShardKeys
 from serve_app.metering.meter import Meter, new_meter_id
 from serve_app.metering.stream import MeterStreamWriter, shard_of
 from serve_app.metering.stripe_sink import StripeSink
@@ -256,7 +256,7 @@ class TimedLedger(MeterLedger):
         self.close_s = 0.0
         self.read_entries = 0
 
-    async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, Meter]]:
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, FoldItem]]:
         start = time.monotonic()
         entries = await super().read(consumer, count, block_ms)
         spent = time.monotonic() - start
@@ -266,7 +266,7 @@ class TimedLedger(MeterLedger):
             self.read_entries += len(entries)
         return entries
 
-    async def fold(self, entries: list[tuple[str, Meter]]) -> int:
+    async def fold(self, entries: list[tuple[str, FoldItem]]) -> int:
         if not entries:
             return 0
         start = time.monotonic()
