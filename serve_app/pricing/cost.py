@@ -15,6 +15,7 @@ from serve_app.pricing.book import ModelProfile
 from serve_app.pricing.types import ModelLoad
 
 MAX_FAILURE_RATE = 0.99
+_new_estimate = tuple.__new__
 
 
 class Estimate(NamedTuple):
@@ -86,17 +87,21 @@ def estimate(
     failure_rate = load.failure_rate
     if failure_rate > 0:
         cost /= 1.0 - (failure_rate if failure_rate < MAX_FAILURE_RATE else MAX_FAILURE_RATE)
-    return Estimate(
-        wait_s,
-        start_s,
-        queue_ahead,
-        batch,
-        cold,
-        wait_s + prefill_s,
-        tpot_s,
-        best_total,
-        cost,
-        warm,
+    # tuple.__new__ skips the NamedTuple's Python-level __new__ (built per candidate).
+    return _new_estimate(
+        Estimate,
+        (
+            wait_s,
+            start_s,
+            queue_ahead,
+            batch,
+            cold,
+            wait_s + prefill_s,
+            tpot_s,
+            best_total,
+            cost,
+            warm,
+        ),
     )
 
 

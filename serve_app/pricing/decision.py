@@ -52,7 +52,8 @@ def decide(
     plan = book.plans[plan_id]
     primary, pool = _candidates(request.model, book, plan)
     quotes = _quote_all(request, primary, pool, plan, snapshot)
-    if all(Infeasibility.CONTEXT_WINDOW_EXCEEDED in q.reasons for q in quotes):
+    too_long = Infeasibility.CONTEXT_WINDOW_EXCEEDED
+    if too_long in quotes[0].reasons and all(too_long in q.reasons for q in quotes):
         largest = max(m.context_window_tokens for m in pool)
         raise ContextWindowError(
             f"{request.input_tokens} prompt tokens plus max_tokens exceed the context "
@@ -80,9 +81,9 @@ def decide(
             policy_version=book.version,
         )
 
-    if primary is not None and quotes[0].feasible:
+    if primary is not None and not quotes[0].reasons:
         return done(Action.ALLOW, Reason.REQUESTED_FEASIBLE, quotes[0])
-    if primary is None and (best := _best_margin([q for q in quotes if q.feasible])):
+    if primary is None and (best := _best_margin([q for q in quotes if not q.reasons])):
         return done(Action.ALLOW, Reason.BEST_MARGIN, best)
 
     # What the fallback chain may choose from: the requested model alone, unless the
@@ -117,7 +118,7 @@ def _quote_all(
     substitute is priced at most what the requested model would cost, unless the
     client's price cap allows more; its margin and feasibility use that price."""
     if primary is None:
-        return tuple(quote(request, model, plan, snapshot) for model in pool)
+        return tuple([quote(request, model, plan, snapshot) for model in pool])
     first = quote(request, primary, plan, snapshot)
     cap = request.max_price_micro or 0
     ceiling = (max(first.price_micro, cap), max(first.worst_case_price_micro, cap))
@@ -152,7 +153,10 @@ def quote(
     if output_tokens < 1:
         output_tokens = 1
 
-    est = estimate(model, load, input_tokens, output_tokens)
+    # One unpack: NamedTuple field access is a property call each (per candidate).
+    _, start_s, queue_ahead, batch, _, ttft_s, tpot_s, total_s, cost_usd, warm = estimate(
+        model, load, input_tokens, output_tokens
+    )
     in_rate, out_rate = rates.input_micro_per_1m, rates.output_micro_per_1m
     pico = input_tokens * in_rate + output_tokens * out_rate
     # pico_to_micro and margin, inlined (this runs per candidate per request).
@@ -161,7 +165,6 @@ def quote(
         pico = min(pico, price_ceiling_micro[0] * PICO_PER_MICRO)
         worst_case = min(worst_case, price_ceiling_micro[1])
     price = (pico + HALF_MICRO) // PICO_PER_MICRO
-    cost_usd = est.cost_usd
     gross_margin = 1.0 - cost_usd * 1e12 / pico if pico > 0 else margin(pico, cost_usd)
 
     reasons: tuple[Infeasibility, ...] = ()
@@ -169,9 +172,9 @@ def quote(
         reasons += (Infeasibility.CONTEXT_WINDOW_EXCEEDED,)
     if not load.available:
         reasons += (Infeasibility.NO_CAPACITY,)
-    if est.ttft_s > plan.ttft_target_s:
+    if ttft_s > plan.ttft_target_s:
         reasons += (Infeasibility.TTFT_OVER_SLA,)
-    if est.tpot_s > plan.tpot_target_s:
+    if tpot_s > plan.tpot_target_s:
         reasons += (Infeasibility.TPOT_OVER_SLA,)
     if request.max_price_micro is not None and price > request.max_price_micro:
         reasons += (Infeasibility.OVER_PRICE_CAP,)
@@ -183,19 +186,19 @@ def quote(
         model.quality_tier,
         input_tokens,
         output_tokens,
-        est.ttft_s,
-        est.tpot_s,
-        est.total_s,
+        ttft_s,
+        tpot_s,
+        total_s,
         round(cost_usd * 1e6),
         price,
         worst_case,
         gross_margin,
         reasons,
-        est.queue_ahead,
-        est.batch,
-        est.warm_replicas,
-        len(load.replicas) - est.warm_replicas,
-        est.cold_start_remaining_s,
+        queue_ahead,
+        batch,
+        warm,
+        len(load.replicas) - warm,
+        start_s,
     )
 
 
