@@ -160,10 +160,14 @@ class AdmissionGate:
 
 
 def _ambiguous(exc: BaseException) -> bool:
-    """A timeout leaves the outcome unknown; a refused or reset connection does not."""
+    """Not evidence of an outage: a timeout (the outcome is unknown) or this process's
+    own connection pool being full. A refused or reset connection is evidence."""
+    from redis.exceptions import MaxConnectionsError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    return isinstance(exc, TimeoutError | asyncio.TimeoutError | RedisTimeoutError)
+    return isinstance(
+        exc, TimeoutError | asyncio.TimeoutError | RedisTimeoutError | MaxConnectionsError
+    )
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

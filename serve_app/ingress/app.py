@@ -41,6 +41,8 @@ from serve_app.policy.schema import Tenant
 from serve_app.telemetry import RayMetrics
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+REDIS_CONNECTIONS = 64
+"""Redis connections per ingress replica (admission and billing views)."""
 
 app = FastAPI(title="rtcts", description="Real-Time Cost-to-Serve LLM gateway", docs_url=None)
 errors.install_error_handlers(app)
@@ -92,11 +94,17 @@ class Ingress:
         self._writer: MeterStreamWriter | None = None
         self._stripe_base = None if billing is None else billing["stripe_api_base"]
         if redis_url is not None:
-            client = aioredis.Redis.from_url(
+            # A blocking pool: under a burst, requests wait for a free connection
+            # (within the gate's time bound) instead of failing with "too many
+            # connections", which would look like an outage.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=None,
                 socket_timeout=redis_timeout_s,
                 socket_connect_timeout=redis_timeout_s,
             )
+            client = aioredis.Redis(connection_pool=pool)
             admission = AdmissionGate(RedisAdmission(client), timeout_s=redis_timeout_s)
         if redis_url is not None and billing is not None:
             # Verified meters go to the Redis stream (spooled to disk while Redis is
