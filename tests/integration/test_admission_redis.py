@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from serve_app.admission import (
     Ticket,
 )
 from serve_app.local.redis_server import EmbeddedRedis, free_port
+from tests.factories import blackhole_port
 
 pytestmark = pytest.mark.integration
 BIG = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, monthly_budget_micro=10**15)
@@ -184,28 +183,8 @@ def test_a_throttled_request_is_counted_but_reserves_nothing(redis_url: str) -> 
 @pytest.fixture
 def blackhole() -> Iterator[int]:
     """A TCP port that accepts connections and never answers (a hung Redis)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    server.close()
+    with blackhole_port() as port:
+        yield port
 
 
 def test_hung_redis_never_hangs_a_request_nor_double_admits(blackhole: int) -> None:

@@ -9,8 +9,6 @@ detectors with generous limits, never speed checks.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +21,7 @@ import redis.asyncio as aioredis
 
 from serve_app.admission.breaker import CircuitBreaker
 from serve_app.local.redis_server import EmbeddedRedis, free_port
-from serve_app.metering.meter import Meter, new_meter_id
+from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
 from serve_app.metering.stream import (
     FIELD,
@@ -33,36 +31,15 @@ from serve_app.metering.stream import (
     shard_of,
     stream_key,
 )
+from tests.factories import blackhole_port, make_meter
 
 pytestmark = pytest.mark.integration
 DB = 9
-TEMPLATE = Meter(
-    meter_id="",
-    request_id="",
-    tenant_id="",
-    stripe_customer_id="cus_it",
-    plan_id="pro",
-    requested_model="auto",
-    served_model="llama-3.1-8b",
-    decision="allow",
-    input_tokens=200,
-    output_tokens=100,
-    ttft_ms=120.5,
-    total_ms=3400.25,
-    sla_met=True,
-    cost_micro=30,
-    list_price_micro=124,
-    credit_micro=0,
-    billed_micro=124,
-    billable=True,
-    policy_version="it.1",
-    ended_at_ms=1_795_000_000_000,
-)
 
 
 def _meter(tenant: str, n: int = 0) -> Meter:
-    return dataclasses.replace(
-        TEMPLATE, meter_id=new_meter_id(), request_id=f"req-{n}", tenant_id=tenant
+    return make_meter(
+        stripe_customer_id="cus_it", policy_version="it.1", request_id=f"req-{n}", tenant_id=tenant
     )
 
 
@@ -450,28 +427,8 @@ def test_redis_down_and_disk_full_keeps_meters_in_memory_until_one_returns(
 @pytest.fixture
 def blackhole() -> Iterator[int]:
     """A port that accepts connections and never answers (a hung Redis)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    server.settimeout(0.1)
-    stop = threading.Event()
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    server.close()
+    with blackhole_port() as port:
+        yield port
 
 
 def test_a_hung_redis_never_blocks_emit_and_timed_out_batches_are_spooled(

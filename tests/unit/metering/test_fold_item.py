@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from serve_app.metering.ledger import fold_item
-from serve_app.metering.meter import Meter
 from serve_app.metering.stream import encode_meter
+from tests.factories import METER as BASE
 
-METER = Meter(
+METER = dataclasses.replace(
+    BASE,
     meter_id="m1",
-    request_id="r",
     tenant_id="t",
     stripe_customer_id="cus_t",
-    plan_id="p",
-    requested_model="a",
-    served_model="a",
-    decision="allow",
     input_tokens=10,
     output_tokens=5,
-    ttft_ms=1.0,
-    total_ms=2.0,
-    sla_met=False,
-    cost_micro=3,
-    list_price_micro=100,
     credit_micro=10,
     billed_micro=90,
-    billable=True,
-    policy_version="v",
     ended_at_ms=1_800_000_000_000,
 )
 

@@ -5,35 +5,11 @@ from __future__ import annotations
 import uuid
 
 from serve_app.metering.meter import MemorySink, Meter, new_meter_id
-
-NOW_MS = 1_795_000_000_000  # late 2026
+from tests.factories import NOW_MS, make_meter
 
 
 def _meter(n: int = 0, **overrides: object) -> Meter:
-    fields: dict[str, object] = {
-        "meter_id": new_meter_id(NOW_MS + n),
-        "request_id": f"chatcmpl-{n}",
-        "tenant_id": "demo-pro",
-        "stripe_customer_id": "cus_demo_pro",
-        "plan_id": "pro",
-        "requested_model": "auto",
-        "served_model": "llama-3.1-8b",
-        "decision": "allow",
-        "input_tokens": 200,
-        "output_tokens": 100,
-        "ttft_ms": 120.5,
-        "total_ms": 3400.25,
-        "sla_met": True,
-        "cost_micro": 30,
-        "list_price_micro": 124,
-        "credit_micro": 0,
-        "billed_micro": 124,
-        "billable": True,
-        "policy_version": "2026-11-27.1",
-        "ended_at_ms": NOW_MS + n,
-        **overrides,
-    }
-    return Meter(**fields)  # type: ignore[arg-type]
+    return make_meter(n, **overrides)
 
 
 def test_meter_id_is_a_uuid_version_7_with_the_rfc_4122_variant() -> None:

@@ -12,38 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.metering.meter import Meter, new_meter_id
+from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
 from serve_app.metering.stream import decode_meter, encode_meter, shard_of, stream_key
-
-NOW_MS = 1_795_000_000_000
+from tests.factories import make_meter
 
 
 def _meter(n: int = 0, tenant: str = "demo-pro", **overrides: object) -> Meter:
-    fields: dict[str, object] = {
-        "meter_id": new_meter_id(NOW_MS + n),
-        "request_id": f"chatcmpl-{n}",
-        "tenant_id": tenant,
-        "stripe_customer_id": "cus_demo_pro",
-        "plan_id": "pro",
-        "requested_model": "auto",
-        "served_model": "llama-3.1-8b",
-        "decision": "allow",
-        "input_tokens": 200 + n,
-        "output_tokens": 100,
-        "ttft_ms": 120.5,
-        "total_ms": 3400.25,
-        "sla_met": True,
-        "cost_micro": 30,
-        "list_price_micro": 124,
-        "credit_micro": 0,
-        "billed_micro": 124,
-        "billable": True,
-        "policy_version": "2026-11-27.1",
-        "ended_at_ms": NOW_MS + n,
-        **overrides,
-    }
-    return Meter(**fields)  # type: ignore[arg-type]
+    return make_meter(n, tenant_id=tenant, input_tokens=200 + n, **overrides)
 
 
 class Collector:
