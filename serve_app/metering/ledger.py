@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.metering.stream import stream_key
-from serve_app.metering.types import OutboxEntry
+from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS, OutboxEntry
 from serve_app.metering.windows import identifier
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -157,7 +157,15 @@ class MeterLedger:
     async def fold(self, entries: list[tuple[str, FoldItem]]) -> int:
         if not entries:
             return 0
-        args: list[Any] = [GROUP, self.window_s, self.grace_s, DEDUP_S * 1000, len(entries)]
+        args: list[Any] = [
+            GROUP,
+            self.window_s,
+            self.grace_s,
+            DEDUP_S * 1000,
+            len(entries),
+            METER_EVENT_BILLED,
+            METER_EVENT_TOKENS,
+        ]
         for entry_id, item in entries:
             args.append(entry_id)
             args += item  # meter id ("" for a tombstone: acknowledged only), tenant, ...

@@ -8,14 +8,7 @@ from __future__ import annotations
 
 import math
 
-from serve_app.pricing.book import Rates
-
 PICO_PER_MICRO = 1_000_000
-
-
-def price_pico(rates: Rates, input_tokens: int, output_tokens: int) -> int:
-    """Exact price in pico-USD."""
-    return input_tokens * rates.input_micro_per_1m + output_tokens * rates.output_micro_per_1m
 
 
 def pico_to_micro(pico: int) -> int:

@@ -8,6 +8,7 @@
 -- KEYS[3] open HASH ("tenant|event|start" -> value)   KEYS[4] customers HASH (tenant -> cus_)
 -- KEYS[5] tenants HASH ("tenant|field" -> value: billed, credited, meters, failed)
 -- ARGV[1] group  ARGV[2] window_s  ARGV[3] grace_s  ARGV[4] dedup_ms  ARGV[5] n_entries
+-- ARGV[6] billed event name  ARGV[7] tokens event name
 -- then per entry 9 values: entry_id, meter_id, tenant, customer, ended_at_ms, billable,
 -- billed_micro, tokens, credit_micro
 local t = redis.call('TIME')
@@ -17,6 +18,7 @@ local window_s = tonumber(ARGV[2])
 local grace_s = tonumber(ARGV[3])
 local dedup_ms = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
+local billed_event, tokens_event = ARGV[6], ARGV[7]
 local folded = 0
 local ids = {}
 -- Sums per hash field for the whole batch, written once each at the end: with ~100
@@ -27,7 +29,7 @@ local function add(tbl, field, value)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dedup_ms)
 for i = 0, n - 1 do
-  local b = 6 + i * 9
+  local b = 8 + i * 9
   local entry_id, meter_id, tenant, customer = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local ended_ms = tonumber(ARGV[b + 4])
   local billable = ARGV[b + 5] == '1'
@@ -39,8 +41,8 @@ for i = 0, n - 1 do
       if (start + window_s + grace_s) * 1000 <= now then
         start = math.floor(math.floor(now / 1000) / window_s) * window_s  -- late: open window
       end
-      add(open, tenant .. '|rtcts_billed_micro_usd|' .. start, ARGV[b + 6])
-      add(open, tenant .. '|rtcts_tokens|' .. start, ARGV[b + 7])
+      add(open, tenant .. '|' .. billed_event .. '|' .. start, ARGV[b + 6])
+      add(open, tenant .. '|' .. tokens_event .. '|' .. start, ARGV[b + 7])
       customers[tenant] = customer
       add(tenants, tenant .. '|billed', ARGV[b + 6])
       add(tenants, tenant .. '|credited', ARGV[b + 8])

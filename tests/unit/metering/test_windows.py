@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from serve_app.metering.windows import identifier, target_window_s, window_start_s
+from serve_app.metering.windows import identifier, window_start_s
 
 
 def test_window_start_floors_to_the_window() -> None:
     assert window_start_s(125_999, 60) == 120
     assert window_start_s(120_000, 60) == 120
-
-
-def test_a_meter_folds_into_its_own_window_until_it_closes_then_into_the_open_one() -> None:
-    ended = 125_000  # window [120, 180), closes at 190 with a 10 s grace
-    assert target_window_s(ended, now_ms=189_999, window_s=60, grace_s=10) == 120
-    assert target_window_s(ended, now_ms=190_000, window_s=60, grace_s=10) == 180
-    assert target_window_s(ended, now_ms=400_000, window_s=60, grace_s=10) == 360
 
 
 def test_identifiers_are_deterministic_short_and_distinct() -> None:
