@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import threading
@@ -65,6 +66,18 @@ class Sink(Protocol):
     async def send(self, entries: Sequence[OutboxEntry]) -> list[SendResult]: ...
 
 
+CLOSE_SLACK_S = 0.2
+"""Checked this long after a boundary, so a Redis clock slightly behind this machine's
+still finds the window due (a skew beyond it delays the window by one period)."""
+
+
+def next_close_s(now_s: float, window_s: int, grace_s: int) -> float:
+    """The next time windows can become due: windows start at multiples of `window_s`
+    and close `window_s + grace_s` later, so due times are `k * window_s + grace_s`."""
+    k = math.floor((now_s - grace_s) / window_s) + 1
+    return k * window_s + grace_s + CLOSE_SLACK_S
+
+
 class AggregatorLoop:
     """Read, fold, close, deliver, forever; one shard."""
 
@@ -78,6 +91,7 @@ class AggregatorLoop:
         block_ms: int = 100,
         send_batch: int = 100,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.ledger = ledger
@@ -90,15 +104,28 @@ class AggregatorLoop:
         self._rng = rng or random.Random()
         self._retry: dict[str, tuple[int, float]] = {}
         """identifier -> (attempts so far, clock time of the next try)."""
+        self._wall = wall
+        self._next_close = 0.0
+        """Wall time of the next window boundary (at start: now, to close what is due)."""
+        self._outbox_ready = True
+        """The outbox may hold entries to send (at start: a crash may have left some)."""
         self.folded = 0
         self.delivered = 0
 
     async def step(self) -> int:
-        """One round: fold a batch, close due windows, deliver what is due. Returns meters read."""
+        """One round: fold a batch; at a window boundary, close due windows; deliver when
+        something was closed or a retry is due. Returns meters read."""
         entries = await self.ledger.read(self.consumer, self.batch_size, self.block_ms)
         self.folded += await self.ledger.fold(entries)
-        await self.ledger.close_due()
-        await self.deliver()
+        now = self._wall()
+        if now >= self._next_close:
+            if await self.ledger.close_due():
+                self._outbox_ready = True
+            self._next_close = next_close_s(now, self.ledger.window_s, self.ledger.grace_s)
+        now_mono = self._clock()
+        if self._outbox_ready or any(t <= now_mono for _, t in self._retry.values()):
+            self._outbox_ready = False
+            await self.deliver()
         return len(entries)
 
     async def deliver(self) -> None:
