@@ -1,9 +1,9 @@
 """The load registry: a small named Ray actor that model replicas push their load to.
 
 Replicas push a `ReplicaReport` every 100 ms (fire and forget); each ingress replica
-pulls the whole table every 100 ms in the background, one call (≈0.6 ms). Nothing is
-called on the request path. The actor holds only soft state: if it dies, Ray restarts
-it and the next round of pushes rebuilds the table within 100 ms.
+pulls the whole table every 100 ms in the background, one call (≈0.6 ms, as issue 3
+measured). Nothing is called on the request path. The actor holds only soft state: if
+it dies, Ray restarts it and the next round of pushes rebuilds the table within 100 ms.
 """
 
 from __future__ import annotations
