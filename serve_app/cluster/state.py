@@ -52,6 +52,8 @@ class ClusterState:
         self._deployments: dict[str, DeploymentInfo] | None = None
         self._in_flight: Counter[str] = Counter()
         self._cached: ClusterSnapshot | None = None
+        self._reported: dict[str, int] = {}
+        """Per model, the load the replicas reported in the cached snapshot, when known."""
         self._tasks: list[asyncio.Task[None]] = []
         self.refreshed_at = (0.0, 0.0)
         """Clock time of the last good load and replica refresh."""
@@ -86,18 +88,33 @@ class ClusterState:
     def begin(self, model_id: str) -> None:
         """A request was sent to `model_id` (exact, immediate)."""
         self._in_flight[model_id] += 1
-        self._cached = None
+        self._in_flight_changed(model_id, self._in_flight[model_id])
 
     def end(self, model_id: str) -> None:
         """A request to `model_id` finished, however it ended."""
         self._in_flight[model_id] -= 1
-        self._cached = None
+        self._in_flight_changed(model_id, self._in_flight[model_id] + 1)
+
+    def _in_flight_changed(self, model_id: str, highest: int) -> None:
+        """The snapshot uses this ingress's in-flight count only where it exceeds what the
+        replicas reported; below that, a begin or end changes nothing and the cached
+        snapshot stays (a busy model's requests do not each rebuild it)."""
+        reported = self._reported.get(model_id)
+        if reported is None or highest > reported:
+            self._cached = None
 
     def snapshot(self) -> ClusterSnapshot:
         if self._cached is None:
             self._cached = build_snapshot(
                 self._scaling, self._reports, self._deployments, self._in_flight, self._clock()
             )
+            self._reported = {}
+            for model_id, load in self._cached.models.items():
+                total = sum(r.running + r.queued for r in load.replicas)
+                in_flight = self._in_flight[model_id]
+                # total = max(reported, in_flight): exact only when in_flight is below it.
+                if total > in_flight or in_flight == 0:
+                    self._reported[model_id] = total
         return self._cached
 
     def view(self) -> dict[str, Any]:

@@ -270,3 +270,18 @@ def test_view_shape_after_refreshes() -> None:
     }
     assert view["replicas"][1]["age_s"] == 0.75
     assert state.view()["z"]["replicas"] == []
+
+
+def test_in_flight_below_the_reported_load_keeps_the_cached_snapshot() -> None:
+    state, *_ = _state()
+    asyncio.run(state.refresh_load())
+    before = state.snapshot()  # the replica reports 3 ongoing requests
+    state.begin("m")
+    state.begin("m")
+    assert state.snapshot() is before  # 2 in flight here are among the 3 reported
+    state.end("m")
+    assert state.snapshot() is before
+    state.begin("m")
+    state.begin("m")
+    state.begin("m")  # 4 > 3: news the replicas have not reported yet
+    assert state.snapshot() is not before
