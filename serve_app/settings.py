@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,6 +25,9 @@ ENV_VARS = {
     "http_port": "RTCTS_HTTP_PORT",
     "fast_mode": "RTCTS_FAST_MODE",
     "data_dir": "RTCTS_DATA_DIR",
+    "haproxy": "RTCTS_HAPROXY",
+    "haproxy_binary": "RTCTS_HAPROXY_BINARY",
+    "ingress_replicas": "RTCTS_INGRESS_REPLICAS",
 }
 """Each setting reads exactly one variable, named in its description."""
 
@@ -70,6 +74,21 @@ class Settings(BaseModel):
         default=Path(".rtcts"),
         description="Where local state lives: embedded Redis data, spool files "
         "(env RTCTS_DATA_DIR).",
+    )
+    haproxy: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Put HAProxy on the public port, balancing over the ingress replicas' "
+        "direct ports (Serve's RAY_SERVE_ENABLE_HA_PROXY; fast mode and a Ray rtcts starts "
+        "only): auto = when a haproxy binary is found, on = required, off = Serve's HTTP "
+        "proxy (env RTCTS_HAPROXY).",
+    )
+    haproxy_binary: Path | None = Field(
+        default=None,
+        description="The haproxy executable; unset looks for `haproxy` on PATH "
+        "(env RTCTS_HAPROXY_BINARY).",
+    )
+    ingress_replicas: int = Field(
+        default=1, ge=1, le=64, description="Ingress replicas (env RTCTS_INGRESS_REPLICAS)."
     )
 
     @classmethod

@@ -9,6 +9,7 @@ itself; a cluster joined through `RAY_ADDRESS` keeps its own setting.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from contextlib import ExitStack
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from serve_app.local.public_port import plan_public_port
 from serve_app.local.redis_server import EmbeddedRedis
 from serve_app.policy import LoadedPolicy
 from serve_app.settings import Settings
@@ -33,6 +35,8 @@ class Running:
     dashboard_url: str | None
     stripe_url: str | None
     stripe_emulated: bool
+    public_port: str = ""
+    """How the public port is served (HAProxy, or Serve's HTTP proxy and why)."""
 
 
 def serve_locally(
@@ -64,6 +68,10 @@ def serve_locally(
             stripe_base = emulator.url
         if settings.fast_mode and settings.ray_address is None:
             os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by the Ray it starts
+        public = plan_public_port(settings)
+        os.environ.update(public.env)  # read by the Ray it starts (Serve's HAProxy mode)
+        if public.state_dir is not None:
+            stack.callback(shutil.rmtree, public.state_dir, True)
 
         import ray
         from ray import serve
@@ -90,6 +98,7 @@ def serve_locally(
                     "redis_url": redis_url,
                     "data_dir": str(settings.data_dir),
                     "stripe_api_base": stripe_base,
+                    "ingress_replicas": settings.ingress_replicas,
                 }
             ),
             name=APP_NAME,
@@ -103,6 +112,7 @@ def serve_locally(
             dashboard_url=f"http://{dashboard}" if dashboard else None,
             stripe_url=stripe_base or "https://api.stripe.com",
             stripe_emulated=emulated,
+            public_port=public.notice,
         )
         if on_ready is not None:
             on_ready(running)
@@ -137,6 +147,8 @@ def banner(running: Running, loaded: LoadedPolicy, time_scale: float) -> str:
         f"  Redis:          {running.redis_url}"
         + ("  (embedded)" if running.redis_embedded else ""),
     ]
+    if running.public_port:
+        lines.append(f"  public port:    {running.public_port}")
     lines.append(
         f"  Stripe:         {running.stripe_url}"
         + (
