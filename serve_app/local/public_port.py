@@ -7,12 +7,12 @@
 - **Serve's HTTP proxy**: what Serve does without HAProxy, and the fallback when no
   `haproxy` binary is found (`apt-get install haproxy` gives one).
 
-HAProxy's fixed defaults (`/tmp/haproxy-serve`, stats on 8404, Prometheus on 9101)
-would clash between two local instances or test runs, so each instance gets its own
-state directory and free ports. The public frontend and the replicas' direct ports bind
-the configured host (127.0.0.1 by default); Serve's template binds the stats page and
-the Prometheus endpoint on all interfaces, with no setting to change it (read-only
-pages: backend names, replica addresses, counters).
+HAProxy mode's fixed defaults (`/tmp/haproxy-serve`, stats on 8404, Prometheus on 9101,
+Serve's fallback proxy on 8500 and 9500) would clash between two local instances or test
+runs, so each instance gets its own state directory and free ports. The public frontend
+and the replicas' direct ports bind the configured host (127.0.0.1 by default); Serve's
+template binds the stats page and the Prometheus endpoint on all interfaces, with no
+setting to change it (read-only pages: backend names, replica addresses, counters).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def plan_public_port(
             "gives the fast path (docs/decisions.md)",
         )
     directory = Path(state_dir())
-    stats, metrics = port(), port()
+    stats, metrics, fallback_http, fallback_grpc = port(), port(), port(), port()
     env = {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(binary),
@@ -81,11 +81,14 @@ def plan_public_port(
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(directory / "metrics.sock"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+        # Serve's own proxy stays up as HAProxy's backup server (8500 and 9500 fixed).
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
     }
     return PublicPort(
         binary,
         f"HAProxy ({binary}) over the ingress replicas' direct ports; its stats :{stats} "
-        f"and metrics :{metrics} listen on all interfaces",
+        f"and metrics :{metrics} listen on all interfaces; files in {directory}",
         env,
         directory,
         stats,

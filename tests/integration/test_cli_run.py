@@ -5,7 +5,10 @@ asked to stop with SIGINT, and must exit cleanly."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +91,12 @@ def test_make_run_defaults_serve_and_limit_demo_basic(tmp_path: Path) -> None:
         assert f"rtcts is serving on {url}" in text
         assert "(embedded)" in text
         assert "rtcts-demo-pro (plan pro)" in text
+        # The public port: HAProxy where a haproxy binary is installed, else Serve's
+        # proxy with the hint (what a fresh machine shows).
+        if shutil.which("haproxy"):
+            assert "public port:    HAProxy (" in text
+        else:
+            assert "apt-get install haproxy" in text
         wait_until(lambda: _chat(url, "rtcts-demo-pro", "auto").status_code == 200)
 
         responses = asyncio.run(_burst(url, "rtcts-demo-basic", 100))
@@ -111,6 +120,92 @@ def test_make_run_defaults_serve_and_limit_demo_basic(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "redis").is_dir()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/healthz", timeout=2)
+
+
+@pytest.mark.skipif(
+    shutil.which("haproxy") is None,
+    reason="no haproxy binary (apt-get install haproxy): the HAProxy public port is untested",
+)
+def test_rtcts_run_haproxy_public_port(tmp_path: Path) -> None:
+    """`rtcts run` with a haproxy binary: HAProxy on the public port (loopback only),
+    balancing two ingress replicas; chat, SSE streaming and quotes pass through it; its
+    files and ports are this instance's own and go away with it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "RTCTS_HTTP_PORT": str(port),
+        "RTCTS_DATA_DIR": str(tmp_path / "data"),
+        "RTCTS_INGRESS_REPLICAS": "2",
+        "RTCTS_HAPROXY": "on",
+    }
+    for name in ("REDIS_URL", "RAY_ADDRESS", "RTCTS_POLICY_PATH", "RTCTS_FAST_MODE"):
+        env.pop(name, None)
+    log = tmp_path / "run.log"
+    url = f"http://127.0.0.1:{port}"
+    command = [str(BIN / "rtcts"), "run", "--time-scale", "0.01"]
+    with running(command, env, log) as process:
+        wait_until(lambda: "Ctrl-C stops everything" in log.read_text(), timeout_s=180)
+        found = re.search(r"HAProxy \(.+?\).*stats :(\d+) .*files in (\S+)", log.read_text())
+        assert found, log.read_text()
+        stats_port, state_dir = int(found.group(1)), Path(found.group(2))
+        assert (state_dir / "haproxy.cfg").exists() or list(state_dir.glob("*/haproxy.cfg"))
+        listening = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+        public = [line for line in listening.splitlines() if f":{port} " in line]
+        assert public
+        assert all("haproxy" in line for line in public), public
+        assert all(f"127.0.0.1:{port} " in line for line in public), public  # loopback only
+        key = {"Authorization": "Bearer rtcts-demo-pro"}
+        assert wait_until(lambda: _chat(url, "rtcts-demo-pro", "auto").status_code == 200)
+
+        response = _chat(url, "rtcts-demo-pro", "auto")
+        assert response.headers["x-rtcts-decision"]
+        assert response.json()["usage"]["completion_tokens"] == 4
+        body = {
+            "model": "auto",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 6,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=key, timeout=30
+        ) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        last = json.loads(events[-2])
+        assert last["usage"]["completion_tokens"] == 6
+        assert "rtcts" in last
+        quote = httpx.post(
+            f"{url}/v1/quote",
+            json=_body_without(body, "stream", "stream_options"),
+            headers=key,
+            timeout=30,
+        )
+        assert quote.status_code == 200
+        assert quote.json()["object"] == "rtcts.quote"
+
+        # Both ingress replicas are HAProxy servers (the second may join a moment later,
+        # a config reload), and leastconn sends requests to each.
+        def both_serve() -> bool:
+            asyncio.run(_burst(url, "rtcts-demo-pro", 8))
+            csv = httpx.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5).text
+            rows = [r.split(",") for r in csv.splitlines() if r and not r.startswith("#")]
+            replicas = [r for r in rows if r[1].startswith("SERVE_REPLICA_")]
+            return len(replicas) == 2 and all(r[17] == "UP" and int(r[7]) > 0 for r in replicas)
+
+        wait_until(both_serve, timeout_s=30, every_s=0.5)
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=90) == 0
+    assert "rtcts: stopped" in log.read_text()
+    assert not state_dir.exists()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=2)
+
+
+def _body_without(body: dict[str, object], *names: str) -> dict[str, object]:
+    return {k: v for k, v in body.items() if k not in names}
 
 
 def test_serve_run_with_the_generated_config(tmp_path: Path) -> None:

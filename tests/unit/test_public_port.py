@@ -15,7 +15,7 @@ def test_haproxy_found_gives_per_instance_paths_and_ports(tmp_path: Path) -> Non
     public = plan_public_port(
         Settings.from_env({}),
         which={"haproxy": str(binary)}.get,
-        port=iter([18404, 19101]).__next__,
+        port=iter([18404, 19101, 18500, 19500]).__next__,
         state_dir=lambda: str(tmp_path / "hap"),
     )
     assert public.haproxy == binary
@@ -23,6 +23,8 @@ def test_haproxy_found_gives_per_instance_paths_and_ports(tmp_path: Path) -> Non
     assert public.env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(binary)
     assert public.env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
     assert public.env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "19101"
+    assert public.env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "18500"
+    assert public.env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"] == "19500"
     paths = [v for k, v in public.env.items() if "PATH" in k or "FILE" in k or "BASE" in k]
     assert [p for p in paths if p != str(binary)]
     assert all(p.startswith(str(tmp_path)) for p in paths)
@@ -66,7 +68,7 @@ def test_explicit_binary(tmp_path: Path) -> None:
     public = plan_public_port(
         settings,
         which={str(binary): str(binary)}.get,
-        port=iter([1, 2]).__next__,
+        port=iter([1, 2, 3, 4]).__next__,
         state_dir=lambda: str(tmp_path / "hap"),
     )
     assert public.env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(binary)
