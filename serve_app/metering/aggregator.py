@@ -50,7 +50,8 @@ class AggregatorConfig:
     shards: int = 1
     window_s: int = 60
     grace_s: int = 10
-    batch_size: int = 1000
+    batch_size: int = 64
+    """Stream entries per read; each carries one writer flush (up to its batch size)."""
     block_ms: int = 100
     send_batch: int = 100
     stripe_api_base: str | None = None
@@ -87,7 +88,7 @@ class AggregatorLoop:
         sink: Sink | None,
         consumer: str,
         *,
-        batch_size: int = 1000,
+        batch_size: int = 64,
         block_ms: int = 100,
         send_batch: int = 100,
         clock: Callable[[], float] = time.monotonic,
@@ -114,7 +115,7 @@ class AggregatorLoop:
 
     async def step(self) -> int:
         """One round: fold a batch; at a window boundary, close due windows; deliver when
-        something was closed or a retry is due. Returns meters read."""
+        something was closed or a retry is due. Returns the stream entries read."""
         entries = await self.ledger.read(self.consumer, self.batch_size, self.block_ms)
         self.folded += await self.ledger.fold(entries)
         now = self._wall()

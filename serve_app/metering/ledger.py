@@ -3,7 +3,7 @@
 Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one slot):
 
     rtcts:meters:{s<i>}          the meter stream (written by the ingress)
-    rtcts:agg:{s<i>}:seen        meter ids already folded (ZSET, kept `dedup_s`)
+    rtcts:agg:{s<i>}:seen        batch ids already folded (ZSET, kept `dedup_s`)
     rtcts:agg:{s<i>}:open        open window totals ("tenant|event|start" -> value)
     rtcts:agg:{s<i>}:customers   tenant -> Stripe customer
     rtcts:agg:{s<i>}:tenants     per-tenant totals ("tenant|billed|credited|meters|failed")
@@ -12,7 +12,7 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
     rtcts:agg:{s<i>}:ledger      totals closed per "customer|event" (source of truth)
     rtcts:agg:{s<i>}:synced      totals delivered per "customer|event"
     rtcts:agg:{s<i>}:dead        windows Stripe refused for good (identifier -> entry|reason)
-    rtcts:agg:{s<i>}:bad_meters  stream entries that are not meters (entry id -> raw)
+    rtcts:agg:{s<i>}:bad_meters  stream entries that are not batches (entry id -> summary)
 
 Guarantees of each step, if the process dies right after it:
 - `fold`: the batch is folded and acknowledged, or neither (one Lua script);
@@ -22,11 +22,11 @@ Guarantees of each step, if the process dies right after it:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serve_app.metering.entry import F_SUMMARY, Group, batch_item
 from serve_app.metering.stream import stream_key
 from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS, OutboxEntry
 from serve_app.metering.windows import identifier
@@ -124,8 +124,9 @@ class MeterLedger:
                 raise
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, FoldItem]]:
-        """Pending entries of this consumer first (after a crash), then new ones; entries
-        left pending by another consumer for over a minute are claimed."""
+        """Up to `count` entries (batches): pending entries of this consumer first (after
+        a crash), then new ones; entries left pending by another consumer for over a
+        minute are claimed."""
         stream = self.keys.stream
         batch = await self._client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
         entries = batch[0][1] if batch else []
@@ -144,12 +145,12 @@ class MeterLedger:
             if not fields:  # a deleted entry: acknowledged, nothing to fold
                 result.append((_text(entry_id), TOMBSTONE))
                 continue
-            data = fields.get(b"m", fields.get("m"))
-            item = fold_item(data)
+            item = batch_item(fields)
             if item is None:
                 # A malformed entry must not block the shard: keep it for people to
                 # see (`bad_meters`), then acknowledge it like a deleted one.
-                await self._client.hset(self.keys.name("bad_meters"), _text(entry_id), data or b"")
+                kept = fields.get(F_SUMMARY.encode(), fields.get(F_SUMMARY)) or repr(fields)[:1000]
+                await self._client.hset(self.keys.name("bad_meters"), _text(entry_id), kept)
                 item = TOMBSTONE
             result.append((_text(entry_id), item))
         return result
@@ -166,9 +167,10 @@ class MeterLedger:
             METER_EVENT_BILLED,
             METER_EVENT_TOKENS,
         ]
-        for entry_id, item in entries:
-            args.append(entry_id)
-            args += item  # meter id ("" for a tombstone: acknowledged only), tenant, ...
+        for entry_id, (batch_id, groups) in entries:
+            args += (entry_id, batch_id, len(groups))  # batch id "": acknowledged only
+            for group in groups:
+                args += group
         k = self.keys
         folded: int = await self._fold(
             keys=[k.stream, k.seen, k.open, k.customers, k.tenants], args=args
@@ -248,30 +250,8 @@ def _encode(entry: OutboxEntry) -> str:
     )
 
 
-FoldItem = tuple[str, str, str, int, int, int, int, int]
-"""What the fold needs of a meter: meter id, tenant, Stripe customer, ended_at_ms,
-billable (1/0), billed micro-USD, tokens, credit micro-USD."""
+FoldItem = tuple[str, list[Group]]
+"""What the fold needs of an entry: its batch id and summary groups."""
 
-TOMBSTONE: FoldItem = ("", "", "", 0, 0, 0, 0, 0)
-
-
-def fold_item(data: Any) -> FoldItem | None:
-    """The fold's fields of a stream entry (the JSON of a `Meter`), checked; None when the
-    entry is not a meter. Cheaper than decoding a whole `Meter`: the aggregator's hot loop."""
-    try:
-        m = json.loads(data)
-        item = (
-            m["meter_id"],
-            m["tenant_id"],
-            m["stripe_customer_id"],
-            m["ended_at_ms"],
-            1 if m["billable"] else 0,
-            m["billed_micro"],
-            m["input_tokens"] + m["output_tokens"],
-            m["credit_micro"],
-        )
-    except (ValueError, TypeError, KeyError):
-        return None
-    strings_ok = all(type(v) is str for v in item[:3]) and item[0] != ""
-    ints_ok = all(type(v) is int and v >= 0 for v in item[3:])
-    return item if strings_ok and ints_ok else None
+TOMBSTONE: FoldItem = ("", [])
+"""A deleted or malformed entry: acknowledged, nothing folded."""

@@ -1,11 +1,12 @@
 """The local meter spool: where verified meters go while Redis cannot take them.
 
-An append-only JSONL file per writer (`<dir>/meters-<pid>-<start ms>-<token>-<seq>.jsonl`),
-one meter per line, in exactly the bytes the stream carries (`encode_meter`). Each
-batch is written and fsync'ed before the writer counts it as spooled. `replay` sends
-the meters of every file no live process owns, in order, and deletes a file only after
-all of it was sent. A meter may be sent twice (the aggregator deduplicates by
-`meter_id`); a meter that reached the spool is never lost.
+An append-only file per writer (`<dir>/meters-<pid>-<start ms>-<token>-<seq>.jsonl`), one
+stream entry per line (`MeterBatch.spool_line`: its shard, batch id, summary and the
+meters' JSON, the very entry the writer failed to append). Each flush is written and
+fsync'ed before the writer counts it as spooled. `replay` sends the entries of every
+file no live process owns, in order, and deletes a file only after all of it was sent.
+An entry may be sent twice, always with its batch id (the aggregator folds a batch id
+once); a meter that reached the spool is never lost.
 
 Ownership: a writer holds an exclusive `flock` on its open file for as long as it
 appends to it, and a replayer takes the same lock before touching a file. The lock
@@ -42,16 +43,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from serve_app.metering.meter import Meter
+from serve_app.metering.entry import MeterBatch
 
 logger = logging.getLogger("rtcts.metering.spool")
 
 SUFFIX = ".jsonl"
 DONE_SUFFIX = ".jsonl.done"
-DEFAULT_REPLAY_BATCH = 1024
+DEFAULT_REPLAY_BATCH = 64
 
-MeterBatchSender = Callable[[list[Meter]], Awaitable[None]]
-"""Sends a batch of meters to the stream; raises if any of them may not have landed."""
+EntrySender = Callable[[list[MeterBatch]], Awaitable[None]]
+"""Sends entries to the stream; raises if any of them may not have landed."""
 
 
 class MeterSpool:
@@ -66,24 +67,19 @@ class MeterSpool:
         self._file: BinaryIO | None = None
         self._path: Path | None = None
         self.skipped_lines = 0
-        """Lines replay could not read as a meter (a torn last line after a crash)."""
+        """Lines replay could not read as an entry (a torn last line after a crash)."""
 
     @property
     def active_path(self) -> Path | None:
         """The file appends go to now (None until the first append after a rotation)."""
         return self._path
 
-    def append(self, meters: Sequence[Meter]) -> None:
-        from serve_app.metering.stream import encode_meter
-
-        self.append_encoded([encode_meter(m) for m in meters])
-
-    def append_encoded(self, payloads: Sequence[bytes]) -> None:
-        """Append encoded meters (one line each) and fsync. Raises OSError on failure,
-        after closing the file, so the retry starts a fresh one."""
-        if not payloads:
+    def append(self, batches: Sequence[MeterBatch]) -> None:
+        """Append entries (one line each) and fsync. Raises OSError on failure, after
+        closing the file, so the retry starts a fresh one."""
+        data = b"".join(b.spool_line() for b in batches if b.count)
+        if not data:
             return
-        data = b"\n".join(payloads) + b"\n"
         try:
             file = self._file if self._file is not None else self._open_new()
             file.write(data)
@@ -124,11 +120,9 @@ class MeterSpool:
                     continue
         return [path for _, _, path in sorted(found)]
 
-    async def replay(
-        self, send: MeterBatchSender, *, batch_size: int = DEFAULT_REPLAY_BATCH
-    ) -> int:
-        """Send the meters of every replayable file, in order, `batch_size` at a time;
-        delete each file once all of it was sent. Returns how many meters were sent.
+    async def replay(self, send: EntrySender, *, batch_size: int = DEFAULT_REPLAY_BATCH) -> int:
+        """Send the entries of every replayable file, in order, `batch_size` entries at a
+        time; delete each file once all of it was sent. Returns how many meters were sent.
 
         Whatever `send` raises propagates; the file being replayed stays for next time.
         """
@@ -138,7 +132,7 @@ class MeterSpool:
             sent += await self._replay_file(path, send, batch_size)
         return sent
 
-    async def _replay_file(self, path: Path, send: MeterBatchSender, batch_size: int) -> int:
+    async def _replay_file(self, path: Path, send: EntrySender, batch_size: int) -> int:
         file = _open_locked(path)
         if file is None:  # a live writer owns it, or another replayer took it
             return 0
@@ -150,7 +144,7 @@ class MeterSpool:
                 if not batch:
                     break
                 await send(batch)
-                sent += len(batch)
+                sent += sum(b.count for b in batch)
                 # Dies here: the file is intact; the next replay sends all of it again.
             done = path.with_name(path.name[: -len(SUFFIX)] + DONE_SUFFIX)
             os.replace(path, done)
@@ -162,21 +156,18 @@ class MeterSpool:
             logger.info("replayed %d spooled meters from %s", sent, path.name)
         return sent
 
-    def _read_batch(self, file: BinaryIO, path: Path, size: int) -> list[Meter]:
-        """Up to `size` meters from where `file` stands; [] at its end."""
-        from serve_app.metering.stream import decode_meter
-
-        batch: list[Meter] = []
+    def _read_batch(self, file: BinaryIO, path: Path, size: int) -> list[MeterBatch]:
+        """Up to `size` entries from where `file` stands; [] at its end."""
+        batch: list[MeterBatch] = []
         while len(batch) < size:
             line = file.readline()
             if not line:
                 break
-            text = line.strip()
-            if not text:
+            if not line.strip():
                 continue
             try:
-                batch.append(decode_meter(text))
-            except ValueError as exc:
+                batch.append(MeterBatch.from_spool_line(line))
+            except (ValueError, UnicodeDecodeError) as exc:
                 # A crash mid-append tears the last line; anything else is damage.
                 # Either way, never crash the replay over one line.
                 self.skipped_lines += 1

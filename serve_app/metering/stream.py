@@ -5,19 +5,19 @@ Contract with the aggregator (keep it exact):
 - stream keys `rtcts:meters:{s<i>}`, one per shard i in 0..N-1 (a hash tag per shard, so
   each stream lives in one Redis Cluster slot); a meter goes to shard
   `crc32(tenant_id) % N` (`shard_of`, `stream_key`);
-- each entry has one field, `m`: the meter as compact JSON (`encode_meter`, read back
-  with `decode_meter`);
-- duplicates are allowed (the aggregator deduplicates by `meter_id`), losses are not.
-  Entries are never trimmed here: an unread entry is an unbilled meter.
+- each entry is one batch of meters of one shard: its id, the fold summary and the
+  meters themselves (`serve_app/metering/entry.py`);
+- duplicate batches are allowed (the aggregator folds a batch id once), losses are not.
+  Entries are never trimmed here: an unread entry is unbilled meters.
 
 `MeterStreamWriter` is the ingress's `MeterSink`. `emit` only appends to a buffer; a
 background task flushes every `flush_interval_s`, or as soon as `batch_size` meters
-wait, in one pipelined round trip (per shard one EVAL of a tiny script that XADDs each
-meter: the same entries as one XADD per meter, at a fraction of the client CPU; see
-`APPEND_LUA`). When Redis fails the batch goes to the local spool (`MeterSpool`), which
-is replayed in the background once Redis answers again: after a successful flush, on
-`start()` (files a crashed process left), and while idle (a ping every `IDLE_CHECK_S`
-while spooled meters wait, every `rescan_s` otherwise), so recovery needs no traffic.
+wait, in one pipelined round trip: one XADD per shard, whatever the number of meters.
+When Redis fails the batch goes to the local spool (`MeterSpool`) as the very entries it
+was about to send (same batch ids), and is replayed in the background once Redis answers
+again: after a successful flush, on `start()` (files a crashed process left), and while
+idle (a ping every `IDLE_CHECK_S` while spooled meters wait, every `rescan_s` otherwise),
+so recovery needs no traffic.
 
 Guarantees (what holds if the process dies right after each step):
 
@@ -28,7 +28,7 @@ Guarantees (what holds if the process dies right after each step):
   persistence, e.g. appendonly).
 - a flush failed or timed out: the batch is appended to the spool and fsync'ed before
   the next flush starts; a timed-out batch may also have landed, so replay may
-  duplicate it (the aggregator deduplicates by `meter_id`).
+  duplicate it (same batch id: the aggregator folds it once).
 - spool and Redis both failed (disk full during an outage): the batch goes back to the
   front of the buffer and is retried; only past `max_buffered` meters in memory are the
   oldest dropped, counted in `dropped` and logged as errors.
@@ -40,25 +40,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import threading
 import time
-import typing
 import zlib
 from pathlib import Path
 from typing import Any
 
 from serve_app.admission.breaker import CircuitBreaker
 from serve_app.errors import RtctsError
+from serve_app.metering.entry import MeterBatch, encode_batch
 from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
 
 logger = logging.getLogger("rtcts.metering.stream")
 
 STREAM_PREFIX = "rtcts:meters:"
-FIELD = "m"
 DEFAULT_SHARDS = 1
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_FLUSH_INTERVAL_S = 0.01
@@ -72,16 +69,9 @@ IDLE_CHECK_S = 1.0
 """While spooled meters wait and no meter comes in, how often to check for Redis."""
 STOP_REPLAY_WAIT_S = 5.0
 
-APPEND_LUA = "for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'm', ARGV[i]) end return #ARGV"
-"""One XADD per meter, run inside Redis: a flush is one EVAL per shard instead of one
-command per meter, which is what the client's CPU pays for (about 4x the throughput of
-a pipeline of XADDs, measured on the development machine). Only the stream's key is
-touched, so it runs on a Redis Cluster (one slot per shard). Sent with EVAL, not
-EVALSHA, so a restarted Redis (empty script cache) needs no reload."""
-
 
 class MeterStreamError(RtctsError):
-    """Redis answered a flush with something other than one entry per meter."""
+    """Redis answered a flush with something other than one entry id per batch."""
 
 
 def stream_key(shard: int) -> str:
@@ -90,56 +80,6 @@ def stream_key(shard: int) -> str:
 
 def shard_of(tenant_id: str, shards: int) -> int:
     return zlib.crc32(tenant_id.encode("utf-8")) % shards
-
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(Meter))
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def encode_meter(meter: Meter) -> bytes:
-    """The stream's bytes for a meter: exactly `json.dumps(meter.to_dict(),
-    separators=(",", ":"))`, built without `asdict`'s deep copy (a meter is flat)."""
-    return _ENCODER.encode({name: getattr(meter, name) for name in _FIELDS}).encode()
-
-
-def _field_checks() -> dict[str, tuple[type, ...]]:
-    allowed = {str: (str,), int: (int,), float: (int, float), bool: (bool,), type(None): ()}
-    checks: dict[str, tuple[type, ...]] = {}
-    for name, hint in typing.get_type_hints(Meter).items():
-        options = typing.get_args(hint) or (hint,)
-        types: tuple[type, ...] = ()
-        for option in options:
-            types += allowed.get(option, (object,))
-        checks[name] = types + ((type(None),) if type(None) in options else ())
-    return checks
-
-
-_CHECKS = _field_checks()
-_FLOATS = frozenset(name for name, types in _CHECKS.items() if float in types)
-_REQUIRED = frozenset(f.name for f in dataclasses.fields(Meter) if f.default is dataclasses.MISSING)
-
-
-def decode_meter(data: bytes | str) -> Meter:
-    """A meter from its stream bytes. Raises ValueError if they are not one (bad JSON, a
-    missing field, a field of the wrong type). Unknown fields are ignored, so a newer
-    writer does not break an older reader during a rollout."""
-    obj = json.loads(data)
-    if not isinstance(obj, dict):
-        raise ValueError(f"a meter is a JSON object, not {type(obj).__name__}")
-    missing = _REQUIRED - obj.keys()
-    if missing:
-        raise ValueError(f"meter without {', '.join(sorted(missing))}")
-    values: dict[str, Any] = {}
-    for name, types in _CHECKS.items():
-        if name not in obj:
-            continue
-        value = obj[name]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise ValueError(f"meter field {name} has type {type(value).__name__}")
-        if name in _FLOATS and isinstance(value, int):
-            value = float(value)
-        values[name] = value
-    return Meter(**values)
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -177,13 +117,12 @@ class MeterStreamWriter:
         max_buffered: int = DEFAULT_MAX_BUFFERED,
         replay_batch_size: int | None = None,
         rescan_s: float = DEFAULT_RESCAN_S,
-        use_script: bool = True,
         owns_client: bool = False,
     ) -> None:
         """`client`: a redis.asyncio Redis (or RedisCluster) with socket timeouts.
-        `use_script=False` sends one pipelined XADD per meter instead of `APPEND_LUA`
-        (for a Redis that forbids EVAL). `rescan_s`: how often to look for spool files
-        that other (crashed) processes left in the spool's directory."""
+        `replay_batch_size`: spooled entries sent per round trip. `rescan_s`: how often
+        to look for spool files that other (crashed) processes left in the spool's
+        directory."""
         if shards < 1 or batch_size < 1 or max_buffered < batch_size:
             raise ValueError("shards and batch_size must be ≥ 1, max_buffered ≥ batch_size")
         self._client = client
@@ -195,12 +134,13 @@ class MeterStreamWriter:
         self._timeout_s = timeout_s
         self._breaker = breaker or CircuitBreaker()
         self._max_buffered = max_buffered
-        self._replay_batch_size = replay_batch_size or max(batch_size, 1024)
+        self._replay_batch_size = replay_batch_size or 64
         self._rescan_s = rescan_s
-        self._use_script = use_script
         self._owns_client = owns_client
 
         self._buffer: list[Meter] = []
+        self._unsent: list[MeterBatch] = []
+        """Entries neither Redis nor the spool took: sent first by the next flush."""
         self._first_at = 0.0
         """When the oldest buffered meter arrived (monotonic): a flush is due
         `flush_interval_s` after it."""
@@ -266,7 +206,7 @@ class MeterStreamWriter:
     @property
     def buffered(self) -> int:
         """Meters in memory: waiting for a flush, or in a flush not yet answered."""
-        return len(self._buffer) + self._inflight
+        return len(self._buffer) + sum(b.count for b in self._unsent) + self._inflight
 
     @property
     def redis_up(self) -> bool:
@@ -331,9 +271,9 @@ class MeterStreamWriter:
     def _spool_now(self, meters: list[Meter]) -> None:
         with self._after_stop_lock:  # emit may come from several threads by now
             try:
-                self._spool.append(meters)
+                self._spool.append(self._encode(meters))
                 self._spool.rotate()  # unlocked: the next process may replay it at once
-            except (OSError, TypeError, ValueError):
+            except OSError:
                 self.dropped += len(meters)
                 logger.exception("%d meters emitted after stop could not be spooled", len(meters))
             else:
@@ -392,7 +332,7 @@ class MeterStreamWriter:
     async def _run(self) -> None:
         self._maybe_replay()
         while True:
-            if not self._buffer:
+            if not self._buffer and not self._unsent:
                 if self._stopping:
                     return
                 self._wake.clear()
@@ -404,7 +344,7 @@ class MeterStreamWriter:
                 if not self._buffer and not self._stopping:
                     await self._idle_check()
                 continue
-            if not self._stopping and len(self._buffer) < self._batch_size:
+            if not self._stopping and not self._unsent and len(self._buffer) < self._batch_size:
                 due = self._first_at + self._flush_interval_s - time.monotonic()
                 if due > 0:
                     self._wake.clear()
@@ -417,90 +357,92 @@ class MeterStreamWriter:
                 await asyncio.sleep(SPOOL_RETRY_S)
 
     async def _flush(self) -> None:
-        """One batch: to the stream in one round trip, else to the spool."""
-        batch = self._buffer[: self._batch_size]
-        del self._buffer[: self._batch_size]
-        self._inflight = len(batch)
+        """One flush: to the stream in one round trip, else to the spool. Entries that
+        neither took (Redis and disk both failing) are retried first, as they are: a
+        timed-out append may have landed, so they keep their batch ids."""
+        if self._unsent:
+            batches, self._unsent = self._unsent, []
+        else:
+            meters = self._buffer[: self._batch_size]
+            del self._buffer[: self._batch_size]
+            batches = self._encode(meters)
+        count = sum(b.count for b in batches)
+        self._inflight = count
         spool_failed = False
         try:
-            batch, payloads = self._encode(batch)
             if self._breaker.allow():
                 try:
-                    await asyncio.wait_for(self._send(batch, payloads), self._timeout_s)
+                    await asyncio.wait_for(self._send(batches), self._timeout_s)
                 except _REDIS_ERRORS as exc:
                     self._down(exc)
                 else:
                     # Dies here: the batch is in the stream.
                     self.flushes += 1
-                    self._written += len(batch)
+                    self._written += count
                     self._up()
                     return
             self.failed_flushes += 1
             try:
-                await asyncio.to_thread(self._spool.append_encoded, payloads)
+                await asyncio.to_thread(self._spool.append, batches)
             except OSError as exc:
                 spool_failed = True
-                self._spool_failed(batch, exc)
+                self._spool_failed(batches, count, exc)
             else:
-                # Dies here: the batch is fsync'ed in the spool (and maybe in the stream).
-                self._spooled += len(batch)
+                # Dies here: the entries are fsync'ed in the spool (and maybe in the stream).
+                self._spooled += count
                 self._spool_pending = True
         finally:
             self._inflight = 0
         if spool_failed and not self._stopping:
             await asyncio.sleep(SPOOL_RETRY_S)  # Redis and disk both failing: don't spin
 
-    def _encode(self, batch: list[Meter]) -> tuple[list[Meter], list[bytes]]:
+    def _encode(self, meters: list[Meter]) -> list[MeterBatch]:
+        """One entry per shard present in `meters`."""
+        by_shard: dict[int, list[Meter]] = {}
+        if self._shards == 1:
+            by_shard[0] = meters
+        else:
+            for meter in meters:
+                by_shard.setdefault(shard_of(meter.tenant_id, self._shards), []).append(meter)
+        return [self._encode_shard(items, shard) for shard, items in by_shard.items()]
+
+    def _encode_shard(self, meters: list[Meter], shard: int) -> MeterBatch:
         try:
-            return batch, [encode_meter(m) for m in batch]
-        except (TypeError, ValueError):
+            return encode_batch(meters, shard)
+        except (TypeError, ValueError, AttributeError):
             pass
         kept: list[Meter] = []
-        payloads: list[bytes] = []
-        for meter in batch:  # a programming error in one meter must not cost the batch
+        for meter in meters:  # a programming error in one meter must not cost the batch
             try:
-                payloads.append(encode_meter(meter))
-            except (TypeError, ValueError):
+                encode_batch([meter], shard)
+            except (TypeError, ValueError, AttributeError):
                 self.dropped += 1
                 logger.exception("meter %s cannot be encoded; dropped", meter.meter_id)
             else:
                 kept.append(meter)
-        return kept, payloads
+        return encode_batch(kept, shard)
 
-    def _spool_failed(self, batch: list[Meter], exc: OSError) -> None:
+    def _spool_failed(self, batches: list[MeterBatch], count: int, exc: OSError) -> None:
         self.spool_errors += 1
         if self._stopping:
-            self.dropped += len(batch)
+            self.dropped += count
             logger.error(
-                "stopping with Redis and the spool unavailable (%s): %d meters lost",
-                exc,
-                len(batch),
+                "stopping with Redis and the spool unavailable (%s): %d meters lost", exc, count
             )
             return
-        logger.error("meter spool failed (%s): %d meters kept in memory", exc, len(batch))
-        self._buffer[:0] = batch  # back to the front, retried by the next flush
-        if len(self._buffer) > self._max_buffered:
-            self._drop_oldest()
+        logger.error("meter spool failed (%s): %d meters kept in memory", exc, count)
+        self._unsent = batches  # retried by the next flush, before any new meter
 
-    async def _send(self, batch: list[Meter], payloads: list[bytes]) -> None:
-        """Append a batch in one pipelined round trip; raises unless every meter landed."""
-        by_shard: dict[int, list[bytes]] = {}
-        if self._shards == 1:
-            by_shard[0] = payloads
-        else:
-            for meter, payload in zip(batch, payloads, strict=True):
-                by_shard.setdefault(shard_of(meter.tenant_id, self._shards), []).append(payload)
+    async def _send(self, batches: list[MeterBatch]) -> None:
+        """Append entries in one pipelined round trip (an XADD each); raises unless every
+        one landed."""
         async with self._client.pipeline(transaction=False) as pipe:
-            for shard, items in by_shard.items():
-                key = self._keys[shard]
-                if self._use_script:
-                    pipe.execute_command("EVAL", APPEND_LUA, 1, key, *items)
-                else:
-                    for item in items:
-                        pipe.execute_command("XADD", key, "*", FIELD, item)
+            for batch in batches:
+                if batch.count:
+                    pipe.xadd(self._keys[batch.shard], batch.fields())
             results = await pipe.execute()
-        if self._use_script and sum(int(r) for r in results) != len(payloads):
-            raise MeterStreamError(f"{len(payloads)} meters sent, Redis added {results}")
+        if len(results) != sum(1 for b in batches if b.count) or not all(results):
+            raise MeterStreamError(f"{len(batches)} entries sent, Redis answered {results}")
 
     # -- replay -------------------------------------------------------------------
 
@@ -545,16 +487,23 @@ class MeterStreamWriter:
             self._next_rescan = time.monotonic() + self._rescan_s
             logger.exception("meter spool replay failed; retried in %.0f s", self._rescan_s)
 
-    async def _send_replayed(self, meters: list[Meter]) -> None:
+    async def _send_replayed(self, batches: list[MeterBatch]) -> None:
         if self._stopping or not self._breaker.allow():
             raise _ReplayInterrupted
+        wrong = [b.shard for b in batches if b.shard >= self._shards]
+        if wrong:
+            # Written with more shards than this writer has: sending them elsewhere could
+            # count them twice (dedup is per shard). The file stays; see docs/operations.
+            raise MeterStreamError(
+                f"spooled entries of shard {wrong[0]}, but this writer has {self._shards} "
+                "shards: keep the shard count until the spool is empty"
+            )
         try:
-            payloads = [encode_meter(m) for m in meters]
-            await asyncio.wait_for(self._send(meters, payloads), self._timeout_s)
+            await asyncio.wait_for(self._send(batches), self._timeout_s)
         except _REDIS_ERRORS as exc:
             self._down(exc)
             raise _ReplayInterrupted from exc
-        self._replayed += len(meters)
+        self._replayed += sum(b.count for b in batches)
         self._mark_up()  # this may have been the breaker's probe
 
     # -- Redis up / down ----------------------------------------------------------

@@ -21,16 +21,16 @@ import redis.asyncio as aioredis
 
 from serve_app.admission.breaker import CircuitBreaker
 from serve_app.local.redis_server import EmbeddedRedis, free_port
+from serve_app.metering.entry import (
+    MeterBatch,
+    batch_item,
+    decode_meters,
+    encode_batch,
+    parse_summary,
+)
 from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
-from serve_app.metering.stream import (
-    FIELD,
-    MeterStreamWriter,
-    decode_meter,
-    encode_meter,
-    shard_of,
-    stream_key,
-)
+from serve_app.metering.stream import MeterStreamWriter, shard_of, stream_key
 from tests.factories import blackhole_port, make_meter
 
 pytestmark = pytest.mark.integration
@@ -64,14 +64,17 @@ async def _until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 
 async def _stream(client: aioredis.Redis, shard: int, prefix: str) -> list[Meter]:
-    """This test's meters in one shard's stream, in stream order."""
+    """This test's meters in one shard's stream, in stream order. Checks every entry on
+    the way: its three fields, and a summary that describes exactly its meters."""
     entries: Any = await client.xrange(stream_key(shard))
     meters = []
     for _, fields in entries:
-        assert list(fields) == [FIELD.encode()]  # exactly one field
-        meter = decode_meter(fields[FIELD.encode()])
-        if meter.tenant_id.startswith(prefix):
-            meters.append(meter)
+        assert set(fields) == {b"b", b"s", b"m"}
+        in_entry = decode_meters(fields[b"m"])
+        item = batch_item(fields)
+        assert item is not None
+        assert item[1] == parse_summary(encode_batch(in_entry, shard).summary)
+        meters += [m for m in in_entry if m.tenant_id.startswith(prefix)]
     return meters
 
 
@@ -102,12 +105,9 @@ class CountingPipeline:
     async def __aexit__(self, *exc: object) -> None:
         await self.pipe.__aexit__(*exc)
 
-    def execute_command(self, *args: Any) -> None:
-        if args[0] == "EVAL":
-            self.owner.xadds += len(args) - 4  # EVAL script numkeys key payload...
-        elif args[0] == "XADD":
-            self.owner.xadds += 1
-        self.pipe.execute_command(*args)
+    def xadd(self, key: str, fields: dict[str, Any]) -> None:
+        self.owner.xadds += 1
+        self.pipe.xadd(key, fields)
 
     async def execute(self) -> list[Any]:
         self.owner.round_trips += 1
@@ -118,16 +118,13 @@ class CountingPipeline:
 # -- against the shared Redis ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("use_script", [True, False], ids=["eval", "xadd"])
 def test_meters_land_in_their_shard_streams_as_decodable_json(
-    redis_url: str, tmp_path: Path, use_script: bool
+    redis_url: str, tmp_path: Path
 ) -> None:
     async def run() -> None:
         client = _client(_db_url(redis_url))
         prefix = _prefix()
-        writer = MeterStreamWriter(
-            client, MeterSpool(tmp_path), shards=3, use_script=use_script, flush_interval_s=0.001
-        )
+        writer = MeterStreamWriter(client, MeterSpool(tmp_path), shards=3, flush_interval_s=0.001)
         writer.start()
         emitted = [_meter(f"{prefix}-t{i % 17}", i) for i in range(600)]
         for i, meter in enumerate(emitted):
@@ -149,28 +146,29 @@ def test_meters_land_in_their_shard_streams_as_decodable_json(
             mine = [m for m in emitted if shard_of(m.tenant_id, 3) == shard]
             assert await _stream(client, shard, prefix) == mine
         raw: Any = await client.xrange(stream_key(0), count=1)
-        assert raw[0][1][b"m"] == raw[0][1][b"m"].strip()  # compact JSON, one line
+        assert b"\n" not in raw[0][1][b"m"]  # compact JSON
         await client.aclose()
 
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("use_script", [True, False], ids=["eval", "xadd"])
-def test_a_burst_goes_out_in_one_round_trip_per_batch(
-    redis_url: str, tmp_path: Path, use_script: bool
+def test_a_burst_goes_out_in_one_round_trip_and_one_entry_per_shard_per_batch(
+    redis_url: str, tmp_path: Path
 ) -> None:
     async def run() -> None:
         counting = CountingClient(_client(_db_url(redis_url)))
         prefix = _prefix()
-        writer = MeterStreamWriter(
-            counting, MeterSpool(tmp_path), shards=2, batch_size=256, use_script=use_script
-        )
+        writer = MeterStreamWriter(counting, MeterSpool(tmp_path), shards=2, batch_size=256)
         writer.start()
+        tenants = [f"{prefix}-t{i}" for i in range(5)]
         for i in range(2000):  # one burst, no await in between
-            writer.emit(_meter(f"{prefix}-t{i % 5}", i))
+            writer.emit(_meter(tenants[i % 5], i))
         await _until(lambda: writer.written == 2000)
         assert counting.round_trips == writer.flushes == 8  # ceil(2000 / 256)
-        assert counting.xadds == 2000
+        shards_used = len({shard_of(t, 2) for t in tenants})
+        assert counting.xadds == 8 * shards_used  # an entry per flush and shard
+        stored = [m for shard in range(2) for m in await _stream(counting.client, shard, prefix)]
+        assert len(stored) == 2000
         await writer.stop()
         await counting.aclose()
 
@@ -249,8 +247,9 @@ def test_a_crashed_writers_spool_file_is_replayed_by_the_next_writer(
     prefix = _prefix()
     crashed = [_meter(prefix, i) for i in range(50)]
     leftover = tmp_path / "meters-31337-1795000000000-0badf00d-000000.jsonl"
-    torn = encode_meter(_meter(prefix, 99))[:40]
-    leftover.write_bytes(b"".join(encode_meter(m) + b"\n" for m in crashed) + torn)
+    torn = encode_batch([_meter(prefix, 99)]).spool_line()[:40]
+    lines = [encode_batch(crashed[i : i + 10]).spool_line() for i in range(0, 50, 10)]
+    leftover.write_bytes(b"".join(lines) + torn)
 
     async def run() -> None:
         client = _client(_db_url(redis_url))
@@ -368,7 +367,12 @@ def test_stop_while_redis_is_down_spools_everything_for_the_next_process(
         await client.aclose()
 
     asyncio.run(first_process())
-    assert sum(len(p.read_bytes().splitlines()) for p in spool_dir.glob("*.jsonl")) == 31
+    spooled = [
+        MeterBatch.from_spool_line(line)
+        for p in spool_dir.glob("*.jsonl")
+        for line in p.read_bytes().splitlines(keepends=True)
+    ]
+    assert sum(e.count for e in spooled) == 31
 
     with EmbeddedRedis(tmp_path / "redis", port=port) as server:
 
@@ -392,11 +396,11 @@ class FlakySpool(MeterSpool):
 
     failures = 2
 
-    def append_encoded(self, payloads: Sequence[bytes]) -> None:
+    def append(self, batches: Sequence[MeterBatch]) -> None:
         if self.failures:
             self.failures -= 1
             raise OSError(28, "No space left on device")
-        super().append_encoded(payloads)
+        super().append(batches)
 
 
 def test_redis_down_and_disk_full_keeps_meters_in_memory_until_one_returns(
@@ -420,8 +424,10 @@ def test_redis_down_and_disk_full_keeps_meters_in_memory_until_one_returns(
 
     asyncio.run(run())
     files = sorted(tmp_path.glob("*.jsonl"))  # one writer: names sort in creation order
-    lines = [line for p in files for line in p.read_bytes().splitlines()]
-    assert [decode_meter(line) for line in lines] == emitted  # in order, once each
+    lines = [line for p in files for line in p.read_bytes().splitlines(keepends=True)]
+    entries = [MeterBatch.from_spool_line(line) for line in lines]
+    assert [m for e in entries for m in decode_meters(e.meters)] == emitted  # in order, once
+    assert len({e.batch_id for e in entries}) == len(entries)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The local meter spool (files only, no Redis) and the stream's meter encoding."""
+# Spool tests append one entry per meter (`_entries`), so replay batch sizes count both.
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from serve_app.metering.entry import (
+    MeterBatch,
+    decode_meter,
+    decode_meters,
+    encode_batch,
+    encode_meter,
+)
 from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
-from serve_app.metering.stream import decode_meter, encode_meter, shard_of, stream_key
+from serve_app.metering.stream import shard_of, stream_key
 from tests.factories import make_meter
 
 
@@ -22,19 +30,29 @@ def _meter(n: int = 0, tenant: str = "demo-pro", **overrides: object) -> Meter:
     return make_meter(n, tenant_id=tenant, input_tokens=200 + n, **overrides)
 
 
+def _entries(meters: list[Meter]) -> list[MeterBatch]:
+    return [encode_batch([m]) for m in meters]
+
+
+def _line(meter: Meter) -> bytes:
+    return encode_batch([meter]).spool_line()
+
+
 class Collector:
-    """A replay target that records the batches it is sent; can fail on a given call."""
+    """A replay target that records the entries it is sent; can fail on a given call."""
 
     def __init__(self, fail_on_call: int | None = None) -> None:
         self.batches: list[list[Meter]] = []
+        self.batch_ids: list[str] = []
         self.calls = 0
         self.fail_on_call = fail_on_call
 
-    async def __call__(self, meters: list[Meter]) -> None:
+    async def __call__(self, entries: list[MeterBatch]) -> None:
         self.calls += 1
         if self.calls == self.fail_on_call:
             raise ConnectionError("redis went away")
-        self.batches.append(list(meters))
+        self.batches.append([m for e in entries for m in decode_meters(e.meters)])
+        self.batch_ids += [e.batch_id for e in entries]
 
     @property
     def meters(self) -> list[Meter]:
@@ -109,17 +127,19 @@ def test_shard_is_crc32_of_the_tenant_modulo_shards() -> None:
 def test_appended_batches_are_on_disk_and_replay_in_order(tmp_path: Path) -> None:
     spool = MeterSpool(tmp_path)
     meters = [_meter(i) for i in range(10)]
-    spool.append(meters[:3])
-    spool.append(meters[3:])
+    entries = _entries(meters)
+    spool.append(entries[:3])
+    spool.append(entries[3:])
     path = spool.active_path
     assert path is not None
-    assert path.read_bytes() == b"".join(encode_meter(m) + b"\n" for m in meters)
+    assert path.read_bytes() == b"".join(e.spool_line() for e in entries)
 
     spool.rotate()
     target = Collector()
     assert _replay(spool, target, batch_size=4) == 10
     assert target.meters == meters
     assert [len(b) for b in target.batches] == [4, 4, 2]
+    assert target.batch_ids == [e.batch_id for e in entries]  # the same entries, same ids
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -136,8 +156,8 @@ def test_append_fsyncs_the_file_before_returning(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    spool.append([_meter(1)])
-    spool.append([_meter(2)])
+    spool.append(_entries([_meter(1)]))
+    spool.append(_entries([_meter(2)]))
     path = spool.active_path
     assert path is not None
     # file + its directory on creation, then the file on every append
@@ -146,7 +166,7 @@ def test_append_fsyncs_the_file_before_returning(
 
 def test_the_active_file_is_not_replayed_under_its_writer(tmp_path: Path) -> None:
     spool = MeterSpool(tmp_path)
-    spool.append([_meter(1)])
+    spool.append(_entries([_meter(1)]))
     target = Collector()
     assert _replay(spool, target) == 0
     assert spool.active_path is not None
@@ -155,10 +175,10 @@ def test_the_active_file_is_not_replayed_under_its_writer(tmp_path: Path) -> Non
 
 def test_a_live_writer_in_another_spool_keeps_its_file(tmp_path: Path) -> None:
     live = MeterSpool(tmp_path)  # another process, alive: it holds the lock
-    live.append([_meter(1)])
+    live.append(_entries([_meter(1)]))
     replayer = MeterSpool(tmp_path)
     assert _replay(replayer, Collector()) == 0
-    live.append([_meter(2)])  # still appending to the same file
+    live.append(_entries([_meter(2)]))  # still appending to the same file
     live.close()  # the process ends: its file becomes replayable
     target = Collector()
     assert _replay(replayer, target) == 2
@@ -168,9 +188,9 @@ def test_a_live_writer_in_another_spool_keeps_its_file(tmp_path: Path) -> None:
 def test_files_left_by_another_process_are_found_and_replayed(tmp_path: Path) -> None:
     crashed = [_meter(i) for i in range(5)]
     leftover = tmp_path / "meters-4242-1795000000000-deadbeef-000000.jsonl"
-    leftover.write_bytes(b"".join(encode_meter(m) + b"\n" for m in crashed))
+    leftover.write_bytes(b"".join(_line(m) for m in crashed))
     other_prefix = tmp_path / "other-1-1-x-000000.jsonl"
-    other_prefix.write_bytes(encode_meter(_meter(99)) + b"\n")
+    other_prefix.write_bytes(_line(_meter(99)))
 
     spool = MeterSpool(tmp_path)
     assert spool.pending() == [leftover]
@@ -184,8 +204,8 @@ def test_files_left_by_another_process_are_found_and_replayed(tmp_path: Path) ->
 def test_files_replay_oldest_first(tmp_path: Path) -> None:
     older = tmp_path / "meters-2-1-b-000000.jsonl"
     newer = tmp_path / "meters-1-1-a-000000.jsonl"
-    older.write_bytes(encode_meter(_meter(1)) + b"\n")
-    newer.write_bytes(encode_meter(_meter(2)) + b"\n")
+    older.write_bytes(_line(_meter(1)))
+    newer.write_bytes(_line(_meter(2)))
     os.utime(older, ns=(1_000_000_000, 1_000_000_000))
     os.utime(newer, ns=(2_000_000_000, 2_000_000_000))
     target = Collector()
@@ -197,9 +217,9 @@ def test_a_torn_last_line_is_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     meters = [_meter(i) for i in range(3)]
-    torn = encode_meter(_meter(9))[:57]  # the process died mid-write
+    torn = _line(_meter(9))[:57]  # the process died mid-write
     path = tmp_path / "meters-7-1-c-000000.jsonl"
-    path.write_bytes(b"".join(encode_meter(m) + b"\n" for m in meters) + torn)
+    path.write_bytes(b"".join(_line(m) for m in meters) + torn)
     spool = MeterSpool(tmp_path)
     target = Collector()
     with caplog.at_level(logging.WARNING, logger="rtcts.metering.spool"):
@@ -213,7 +233,7 @@ def test_a_torn_last_line_is_skipped_with_a_warning(
 def test_damaged_and_blank_lines_in_the_middle_never_stop_a_replay(tmp_path: Path) -> None:
     a, b = _meter(1), _meter(2)
     path = tmp_path / "meters-7-1-d-000000.jsonl"
-    path.write_bytes(encode_meter(a) + b"\n\n{garbage\n" + encode_meter(b) + b"\n")
+    path.write_bytes(_line(a) + b"\n\n{garbage\n" + _line(b))
     spool = MeterSpool(tmp_path)
     target = Collector()
     assert _replay(spool, target) == 2
@@ -226,7 +246,7 @@ def test_a_failed_send_keeps_the_file_and_the_next_replay_sends_all_of_it(
 ) -> None:
     spool = MeterSpool(tmp_path)
     meters = [_meter(i) for i in range(6)]
-    spool.append(meters)
+    spool.append(_entries(meters))
     spool.rotate()
     failing = Collector(fail_on_call=2)
     with pytest.raises(ConnectionError):
@@ -243,7 +263,7 @@ def test_a_failed_send_keeps_the_file_and_the_next_replay_sends_all_of_it(
 def test_done_files_are_deleted_never_replayed(tmp_path: Path) -> None:
     # A replayer died after renaming a fully sent file to .done, before unlinking it.
     done = tmp_path / "meters-5-1-e-000000.jsonl.done"
-    done.write_bytes(encode_meter(_meter(1)) + b"\n")
+    done.write_bytes(_line(_meter(1)))
     hidden = tmp_path / ".meters-5-1-e-000001.jsonl.new"  # died creating a file
     hidden.write_bytes(b"")
     spool = MeterSpool(tmp_path)
@@ -256,7 +276,7 @@ def test_done_files_are_deleted_never_replayed(tmp_path: Path) -> None:
 
 def test_a_replayed_file_is_not_replayed_twice(tmp_path: Path) -> None:
     spool = MeterSpool(tmp_path)
-    spool.append([_meter(1), _meter(2)])
+    spool.append(_entries([_meter(1), _meter(2)]))
     spool.rotate()
     first, second = Collector(), Collector()
     assert _replay(spool, first) == 2
@@ -266,7 +286,7 @@ def test_a_replayed_file_is_not_replayed_twice(tmp_path: Path) -> None:
 
 def test_a_file_another_replayer_holds_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "meters-3-1-f-000000.jsonl"
-    path.write_bytes(encode_meter(_meter(1)) + b"\n")
+    path.write_bytes(_line(_meter(1)))
     with open(path, "rb") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         assert _replay(MeterSpool(tmp_path), Collector()) == 0
@@ -275,10 +295,10 @@ def test_a_file_another_replayer_holds_is_skipped(tmp_path: Path) -> None:
 
 def test_appends_after_a_rotation_go_to_a_new_file(tmp_path: Path) -> None:
     spool = MeterSpool(tmp_path)
-    spool.append([_meter(1)])
+    spool.append(_entries([_meter(1)]))
     first = spool.active_path
     spool.rotate()
-    spool.append([_meter(2)])
+    spool.append(_entries([_meter(2)]))
     second = spool.active_path
     assert first is not None
     assert second not in (None, first)
@@ -290,7 +310,7 @@ def test_a_failed_append_closes_the_file_so_no_line_follows_a_torn_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = MeterSpool(tmp_path)
-    spool.append([_meter(1)])
+    spool.append(_entries([_meter(1)]))
     first = spool.active_path
     real_fsync = os.fsync
 
@@ -299,10 +319,10 @@ def test_a_failed_append_closes_the_file_so_no_line_follows_a_torn_one(
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        spool.append([_meter(2)])
+        spool.append(_entries([_meter(2)]))
     assert spool.active_path is None
     monkeypatch.setattr(os, "fsync", real_fsync)
-    spool.append([_meter(2)])  # the caller's retry
+    spool.append(_entries([_meter(2)]))  # the caller's retry
     assert spool.active_path not in (None, first)
     spool.close()
     target = Collector()
