@@ -33,13 +33,10 @@ from serve_app.ingress.protocol import (
     SSE_DONE,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    Choice,
     ChunkChoice,
     ChunkDelta,
     ModelCard,
     ModelList,
-    ResponseMessage,
     Usage,
     sse,
 )
@@ -52,7 +49,7 @@ from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide,
 from serve_app.pricing.billing import Bill, bill
 from serve_app.pricing.book import usd_to_micro
 from serve_app.pricing.types import CandidateQuote
-from serve_app.telemetry import Metrics, NoMetrics, span_attributes, tracer
+from serve_app.telemetry import Metrics, NoMetrics, span_attributes, tracer, tracing
 
 logger = logging.getLogger("rtcts.ingress")
 
@@ -153,22 +150,25 @@ class ChatService:
         `x-request-id`); without one, an id is made here and sent in that header."""
         own_id = request_id is None
         request_id = request_id or uuid.uuid4().hex
-        with tracer.start_as_current_span("rtcts.decide") as span:
+        if not tracing():  # no tracer provider: skip the (no-op) span's own cost
             price_request, decision = self.decide(tenant, body)
-            span.set_attributes(
-                span_attributes(
-                    {
-                        "request_id": request_id,
-                        "tenant": tenant.id,
-                        "requested_model": body.model,
-                        "model": decision.model_id,
-                        "decision": decision.action.value,
-                        "reason": decision.reason.value,
-                        "price_micro": decision.price_micro,
-                        "policy_version": decision.policy_version,
-                    }
+        else:
+            with tracer.start_as_current_span("rtcts.decide") as span:
+                price_request, decision = self.decide(tenant, body)
+                span.set_attributes(
+                    span_attributes(
+                        {
+                            "request_id": request_id,
+                            "tenant": tenant.id,
+                            "requested_model": body.model,
+                            "model": decision.model_id,
+                            "decision": decision.action.value,
+                            "reason": decision.reason.value,
+                            "price_micro": decision.price_micro,
+                            "policy_version": decision.policy_version,
+                        }
+                    )
                 )
-            )
         self._metrics.decision(
             decision.model_id or body.model, decision.action.value, decision.reason.value
         )
@@ -204,21 +204,14 @@ class ChatService:
             completion.input_tokens, completion.output_tokens, completion.ttft_s, completion.total_s
         )
         the_bill = self._settle(tenant, body, decision, request_id, verified)
-        response = ChatCompletionResponse(
-            id=f"chatcmpl-{request_id}",
-            created=int(time.time()),
-            model=decision.model_id,
-            choices=[
-                Choice(
-                    message=ResponseMessage(content=completion.text),
-                    finish_reason=completion.finish_reason,
-                )
-            ],
-            usage=Usage.of(completion.input_tokens, completion.output_tokens),
-            rtcts=verified_json(decision, the_bill, verified),
+        response = completion_json(
+            request_id,
+            decision.model_id,
+            completion,
+            verified_json(decision, the_bill, verified),
         )
         headers.update(bill_headers(decision.chosen, the_bill))
-        return JSONResponse(response.model_dump(mode="json", exclude_none=True), headers=headers)
+        return JSONResponse(response, headers=headers)
 
     async def _generate(
         self,
@@ -625,6 +618,32 @@ def bill_headers(chosen: CandidateQuote, the_bill: Bill) -> dict[str, str]:
         "x-rtcts-price-usd": _usd(the_bill.billed_micro),
         "x-rtcts-margin": f"{_margin(the_bill.billed_micro, chosen.cost_micro):.4f}",
         "x-rtcts-sla-met": "true" if the_bill.sla_met else "false",
+    }
+
+
+def completion_json(
+    request_id: str, model_id: str, completion: Completion, verified: dict[str, Any]
+) -> dict[str, Any]:
+    """`ChatCompletionResponse(...).model_dump(mode="json", exclude_none=True)`, built
+    directly: the same JSON for a third of the cost (a test holds them equal)."""
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": completion.text},
+        "finish_reason": completion.finish_reason,
+    }
+    prompt, output = completion.input_tokens, completion.output_tokens
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": output,
+            "total_tokens": prompt + output,
+        },
+        "rtcts": verified,
     }
 
 

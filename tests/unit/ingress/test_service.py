@@ -19,8 +19,14 @@ from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
 from serve_app.ingress import errors
-from serve_app.ingress.protocol import ChatCompletionRequest
-from serve_app.ingress.service import ChatService
+from serve_app.ingress.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    ResponseMessage,
+    Usage,
+)
+from serve_app.ingress.service import ChatService, completion_json
 from serve_app.metering.meter import MemorySink, Meter
 from serve_app.models.backend import (
     BackendUnavailable,
@@ -526,3 +532,51 @@ def test_metrics_record_decisions_bills_and_failures() -> None:
     h.handle.error = GenerationFailed("boom")
     _api_error(h, _body())
     assert metrics.calls[-1] == ("failure", (MODEL,))
+
+
+def test_completion_json_is_what_the_pydantic_response_model_dumps() -> None:
+    verified = {"decision": "allow", "billed_usd": "0.000185", "margin": 0.5, "sla_met": True}
+    built = completion_json("abc", MODEL, COMPLETION, verified)
+    model = ChatCompletionResponse(
+        id="chatcmpl-abc",
+        created=built["created"],
+        model=MODEL,
+        choices=[
+            Choice(
+                message=ResponseMessage(content=COMPLETION.text),
+                finish_reason=COMPLETION.finish_reason,
+            )
+        ],
+        usage=Usage.of(COMPLETION.input_tokens, COMPLETION.output_tokens),
+        rtcts=verified,
+    )
+    expected = model.model_dump(mode="json", exclude_none=True)
+    assert built == expected
+    assert json.dumps(built) == json.dumps(expected)  # same key order too
+
+
+def test_chat_opens_a_span_only_when_a_tracer_provider_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from serve_app import telemetry
+
+    h = _harness()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    assert not telemetry.tracing()
+    _chat(h, _body())
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    monkeypatch.setattr(telemetry, "tracer", provider.get_tracer("rtcts"))
+    monkeypatch.setattr("serve_app.ingress.service.tracer", telemetry.tracer)
+    assert telemetry.tracing()
+    _chat(h, _body())
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "rtcts.decide"
+    assert span.attributes is not None
+    assert span.attributes["rtcts.decision"] == "allow"
