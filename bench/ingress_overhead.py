@@ -14,14 +14,21 @@ Two apps run side by side in one Ray Serve instance in fast mode: `bench-priced`
 /priced (`serve_app.builder.build_app` with a policy written here) and `bench-plain` at
 /plain (a FastAPI ingress written here that forwards the body to a handle of the same
 `ModelServer` class: no auth, no pricing, no live state, no meters). Each app is
-measured through two entries:
+measured through up to three entries:
 
-- `proxy`: Serve's HTTP proxy on the port given to `serve.start` (what `rtcts run`
-  prints as its URL);
+- `haproxy`: HAProxy on the port given to `serve.start`, balancing over the ingress
+  replicas' direct ports (Serve's `RAY_SERVE_ENABLE_HA_PROXY=1`, set up exactly as
+  `rtcts run` does when a haproxy binary is installed: what it prints as its URL);
+- `proxy`: Serve's HTTP proxy (the port given to `serve.start` without HAProxy, which
+  is what `rtcts run` serves without a haproxy binary; with HAProxy, the fallback proxy
+  Serve keeps as HAProxy's backup server, on its own port);
 - `direct`: the ingress replica's own HTTP port. Fast mode turns on Serve's direct
   ingress: every ingress replica serves HTTP itself and the controller publishes the
-  replica ports as target groups, for a load balancer in front (HAProxy in Serve's
-  design); the proxy stays as a fallback.
+  replica ports as target groups, for a load balancer in front (HAProxy).
+
+With the `haproxy` entry (the default when a haproxy binary is found), the whole fast
+phase runs in Serve's HAProxy mode, so all three entries share one Ray; without it,
+the fast phase runs as before HAProxy was added (proxy and direct).
 
 Measurement cells (app x entry x concurrency) are interleaved, repeated, and the
 median of the repeats is kept. The default-mode pass-through app runs afterwards in a
@@ -39,6 +46,7 @@ divided by the requests completed.
     .venv/bin/python bench/ingress_overhead.py                      # 5 s cells, 3 repeats
     .venv/bin/python bench/ingress_overhead.py --duration 3 --repeats 2
     .venv/bin/python bench/ingress_overhead.py --json               # machine-readable
+    .venv/bin/python bench/ingress_overhead.py --entries proxy direct   # no HAProxy mode
 
 A benchmark, not a test: it always exits 0 and prints PASS or FAIL against each target.
 Ray never gets port 6379: ray.init picks free ports and Serve gets a free port.
@@ -52,6 +60,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -82,7 +91,7 @@ its load to the one registry by model id, and the priced app must not count the
 pass-through app's replica as its own capacity."""
 MAX_TOKENS = 8
 CONCURRENCIES = (1, 8, 32)
-ENTRIES = ("proxy", "direct")
+ENTRIES = ("haproxy", "proxy", "direct")
 DEFAULT_MODE_MAX_ONGOING = 64
 
 TARGET_THROUGHPUT_RATIO = 0.8
@@ -321,7 +330,7 @@ class Target:
     mode: str
     """fast or default"""
     entry: str
-    """proxy or direct"""
+    """haproxy, proxy or direct"""
     port: int
     host: str = "127.0.0.1"
 
@@ -405,6 +414,8 @@ def _process_kind(pid: int) -> str | None:
         if title.startswith("ServeReplica:"):
             return title[len("ServeReplica:") :]
         return title
+    if title.rsplit("/", 1)[-1] == "haproxy":
+        return "haproxy"
     for part in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py"):
         if part in cmd:
             return part
@@ -661,7 +672,11 @@ def direct_ports() -> dict[str, int]:
 
     controller = ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
     ports: dict[str, int] = {}
-    groups: list[Any] = ray.get(controller.get_target_groups.remote())
+    # In HAProxy mode the controller answers HAProxy's own port unless the caller says
+    # it is the proxy manager (which is what this asks for: the replica ports).
+    haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    call = controller.get_target_groups.remote(from_proxy_manager=True) if haproxy else None
+    groups: list[Any] = ray.get(call or controller.get_target_groups.remote())
     for group in groups:
         protocol = getattr(group.protocol, "value", group.protocol)
         replicas = [t for t in group.targets if t.name.startswith("SERVE_REPLICA")]
@@ -675,10 +690,12 @@ def with_serve(
     deploy: Callable[[int], list[Target]],
     args: argparse.Namespace,
     log: Callable[[str], None],
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start a local Ray (never on 6379: ray.init picks free ports) and Serve, deploy,
     measure, and always shut Ray down."""
     os.environ[FAST_ENV] = "1" if fast else "0"
+    os.environ.update(env or {})
     import ray
     from ray import serve
 
@@ -707,8 +724,25 @@ def _run_async(coro: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     return uvloop.run(main())
 
 
+def haproxy_env(log: Callable[[str], None]) -> dict[str, str] | None:
+    """Serve's HAProxy mode as `rtcts run` sets it up (per-instance files and ports);
+    None when no haproxy binary is found."""
+    from serve_app.local.public_port import plan_public_port
+    from serve_app.settings import Settings, SettingsError
+
+    try:
+        public = plan_public_port(Settings(haproxy="on"))
+    except SettingsError as exc:
+        log(f"no HAProxy entry: {exc}")
+        return None
+    log(f"HAProxy mode: {public.notice}")
+    return public.env
+
+
 def fast_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
-    """Priced and pass-through apps side by side, Serve in throughput-optimized mode."""
+    """Priced and pass-through apps side by side, Serve in throughput-optimized mode
+    (and in HAProxy mode when the haproxy entry is measured)."""
+    env = haproxy_env(log) if "haproxy" in args.entries else None
 
     def deploy(port: int) -> list[Target]:
         from ray import serve
@@ -718,10 +752,17 @@ def fast_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         serve.run(plain_app(None), name=PLAIN_APP, route_prefix=PLAIN_PREFIX)
         wait_ready(port, log)
         targets = []
-        if "proxy" in args.entries:
+        if env is not None:
             targets += [
-                Target("priced", "fast", "proxy", port),
-                Target("plain", "fast", "proxy", port),
+                Target("priced", "fast", "haproxy", port),
+                Target("plain", "fast", "haproxy", port),
+            ]
+        if "proxy" in args.entries:
+            # With HAProxy on the public port, Serve's proxy is its backup server.
+            proxy = int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]) if env else port
+            targets += [
+                Target("priced", "fast", "proxy", proxy),
+                Target("plain", "fast", "proxy", proxy),
             ]
         if "direct" in args.entries:
             ports = direct_ports()
@@ -735,7 +776,12 @@ def fast_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
                 log("no direct ingress ports published: measuring through the proxy only")
         return targets
 
-    return with_serve(True, deploy, args, log)
+    try:
+        return with_serve(True, deploy, args, log, env)
+    finally:
+        if env is not None:
+            state_dir = Path(env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"])
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def default_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
@@ -836,6 +882,8 @@ def verdicts(cells: Cells) -> list[dict[str, Any]]:
 
 def target_names(cells: Cells) -> list[str]:
     order = [
+        "priced fast haproxy",
+        "plain fast haproxy",
         "priced fast proxy",
         "plain fast proxy",
         "priced fast direct",
