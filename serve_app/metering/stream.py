@@ -493,7 +493,7 @@ class MeterStreamWriter:
         wrong = [b.shard for b in batches if b.shard >= self._shards]
         if wrong:
             # Written with more shards than this writer has: sending them elsewhere could
-            # count them twice (dedup is per shard). The file stays; see docs/operations.
+            # count them twice (dedup is per shard). The file stays (docs/decisions.md).
             raise MeterStreamError(
                 f"spooled entries of shard {wrong[0]}, but this writer has {self._shards} "
                 "shards: keep the shard count until the spool is empty"

@@ -9,6 +9,7 @@ detectors with generous limits, never speed checks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -264,6 +265,29 @@ def test_a_crashed_writers_spool_file_is_replayed_by_the_next_writer(
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_spooled_entries_of_a_shard_this_writer_lacks_stay_on_disk(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Written by a process with more shards: sending it to another shard could count it
+    # twice (dedup is per shard), so the file waits for the old shard count.
+    leftover = tmp_path / "meters-31337-1795000000000-0badf00d-000000.jsonl"
+    leftover.write_bytes(encode_batch([_meter(_prefix())], shard=3).spool_line())
+
+    async def run() -> MeterStreamWriter:
+        client = _client(_db_url(redis_url))
+        writer = MeterStreamWriter(client, MeterSpool(tmp_path), shards=2)
+        writer.start()
+        await _until(lambda: "keep the shard count" in caplog.text)
+        await writer.stop()
+        await client.aclose()
+        return writer
+
+    with caplog.at_level(logging.ERROR, logger="rtcts.metering.stream"):
+        writer = asyncio.run(run())
+    assert writer.replayed == 0
+    assert leftover.exists()
 
 
 # -- outages (own Redis servers) ------------------------------------------------------
