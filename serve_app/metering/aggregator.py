@@ -52,6 +52,8 @@ class AggregatorConfig:
     grace_s: int = 10
     batch_size: int = 64
     """Stream entries per read; each carries one writer flush (up to its batch size)."""
+    retention_s: int = 24 * 3600
+    """How long folded meters stay in the stream (trimmed at each window boundary)."""
     block_ms: int = 100
     send_batch: int = 100
     stripe_api_base: str | None = None
@@ -91,6 +93,7 @@ class AggregatorLoop:
         batch_size: int = 64,
         block_ms: int = 100,
         send_batch: int = 100,
+        retention_s: int = 24 * 3600,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -101,6 +104,7 @@ class AggregatorLoop:
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.send_batch = send_batch
+        self.retention_s = retention_s
         self._clock = clock
         self._rng = rng or random.Random()
         self._retry: dict[str, tuple[int, float]] = {}
@@ -122,6 +126,7 @@ class AggregatorLoop:
         if now >= self._next_close:
             if await self.ledger.close_due():
                 self._outbox_ready = True
+            await self.ledger.trim(self.retention_s)
             self._next_close = next_close_s(now, self.ledger.window_s, self.ledger.grace_s)
         now_mono = self._clock()
         if self._outbox_ready or any(t <= now_mono for _, t in self._retry.values()):
@@ -239,6 +244,7 @@ class MeterAggregator:
             batch_size=self._config.batch_size,
             block_ms=self._config.block_ms,
             send_batch=self._config.send_batch,
+            retention_s=self._config.retention_s,
         )
         self._stop = asyncio.Event()
         self._event_loop = asyncio.get_running_loop()

@@ -17,7 +17,8 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
 Guarantees of each step, if the process dies right after it:
 - `fold`: the batch is folded and acknowledged, or neither (one Lua script);
 - `close_due`: each due window is in the outbox and the ledger, or still open;
-- `mark_delivered` / `dead_letter`: the entry moved, in one MULTI/EXEC.
+- `mark_delivered` / `dead_letter`: the entry moved, in one MULTI/EXEC;
+- `trim`: only entries already folded and acknowledged go, never an unread or pending one.
 """
 
 from __future__ import annotations
@@ -189,6 +190,34 @@ class MeterLedger:
         closed: int = await self._close(keys=[k.open, k.customers, k.outbox, k.ledger], args=args)
         return closed
 
+    async def trim(self, retention_s: int) -> int:
+        """Drop stream entries older than `retention_s` (Redis's clock) that are folded and
+        acknowledged; returns how many went. An entry the group has not read yet, or
+        read and not acknowledged (pending), is never dropped, however old: it bounds the
+        trim. Dedup does not need the entries (the `seen` set keeps batch ids), so the
+        retention is only how long the verified meters stay readable in Redis."""
+        stream = self.keys.stream
+        seconds, _ = await self._client.time()
+        bound = (int(seconds) * 1000 - retention_s * 1000, 0)
+        groups = await self._client.xinfo_groups(stream)
+        for group in groups:
+            if _text(group["name"]) != GROUP:
+                continue
+            last = _stream_id(group["last-delivered-id"])
+            bound = min(bound, (last[0], last[1] + 1))
+            if int(group["pending"]):
+                pending = await self._client.xpending(stream, GROUP)
+                bound = min(bound, _stream_id(pending["min"]))
+            break
+        else:
+            return 0  # no group yet: nothing was read, nothing may go
+        if bound[0] <= 0:
+            return 0
+        trimmed: int = await self._client.xtrim(
+            stream, minid=f"{bound[0]}-{bound[1]}", approximate=False
+        )
+        return trimmed
+
     async def outbox(self) -> list[OutboxEntry]:
         raw = await self._client.hgetall(self.keys.outbox)
         return sorted(
@@ -241,6 +270,11 @@ class MeterLedger:
             "dead_letters": int(dead),
             "stream_pending": int(pending.get("pending", 0)) if isinstance(pending, dict) else 0,
         }
+
+
+def _stream_id(value: Any) -> tuple[int, int]:
+    ms, seq = _text(value).split("-")
+    return int(ms), int(seq)
 
 
 def _encode(entry: OutboxEntry) -> str:

@@ -240,3 +240,30 @@ def test_a_malformed_stream_entry_does_not_block_the_shard(redis_url: str) -> No
         await client.aclose()
 
     asyncio.run(run())
+
+
+def test_trim_drops_only_folded_entries_older_than_the_retention(redis_url: str) -> None:
+    async def run() -> None:
+        client, ledger, _ = await _setup(redis_url, None)
+        stream, shard = ledger.keys.stream, ledger.keys.shard
+        for i in range(4):  # entries from 1970: far older than any retention
+            entry = encode_batch([_meter("g", 1)], shard)
+            await client.xadd(stream, entry.fields(), id=f"{1000 + i}-0")  # type: ignore[arg-type]
+        assert await ledger.trim(3600) == 0  # none read yet: unread entries stay
+        read = await ledger.read("agg-test", 2, 10)
+        assert await ledger.trim(3600) == 0  # read, not acknowledged: pending entries stay
+        await ledger.fold(read)
+        assert await ledger.trim(3600) == 2  # folded and acknowledged
+        rest = await ledger.read("agg-test", 10, 10)
+        await ledger.fold(rest[:1])
+        assert await ledger.trim(3600) == 1  # not past the one still pending
+        await ledger.fold(rest[1:])
+        fresh = encode_batch([_meter("g", 1)], shard)
+        await client.xadd(stream, fresh.fields())  # type: ignore[arg-type]
+        await ledger.fold(await ledger.read("agg-test", 10, 10))
+        assert await ledger.trim(3600) == 1  # the last old one; the fresh one is kept
+        assert await client.xlen(stream) == 1
+        assert (await ledger.tenant_totals("g"))["meters"] == 5  # trimming never unbills
+        await client.aclose()
+
+    asyncio.run(run())
