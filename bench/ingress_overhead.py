@@ -241,11 +241,17 @@ def plain_app(max_ongoing: int | None) -> Any:
     return plain_ingress().options(**ingress_options).bind(model)
 
 
-def priced_app() -> Any:
+def priced_app(ingress_replicas: int = 1) -> Any:
     from serve_app.builder import build_app
 
     return build_app(
-        {"policy": POLICY, "time_scale": 0, "natural_output": False, "app_name": PRICED_APP}
+        {
+            "policy": POLICY,
+            "time_scale": 0,
+            "natural_output": False,
+            "app_name": PRICED_APP,
+            "ingress_replicas": ingress_replicas,
+        }
     )
 
 
@@ -748,7 +754,9 @@ def fast_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         from ray import serve
 
         log("deploying bench-priced at /priced and bench-plain at /plain (fast mode)")
-        serve.run(priced_app(), name=PRICED_APP, route_prefix=PRICED_PREFIX)
+        serve.run(
+            priced_app(args.priced_ingress_replicas), name=PRICED_APP, route_prefix=PRICED_PREFIX
+        )
         serve.run(plain_app(None), name=PLAIN_APP, route_prefix=PLAIN_PREFIX)
         wait_ready(port, log)
         targets = []
@@ -982,6 +990,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--entries", nargs="+", choices=ENTRIES, default=list(ENTRIES), help="fast-mode entries"
     )
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw")
+    parser.add_argument(
+        "--priced-ingress-replicas",
+        type=int,
+        default=1,
+        help="ingress replicas of the priced app (behind HAProxy, which balances them; "
+        "the direct entry reaches the first one only)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--save", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

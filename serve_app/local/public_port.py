@@ -2,8 +2,8 @@
 
 - **HAProxy** (the fast path): Serve's `RAY_SERVE_ENABLE_HA_PROXY=1` runs an `haproxy`
   process on the public port that balances over the ingress replicas' own HTTP ports
-  (fast mode's direct ingress). A request costs the node ~2-3 ms of CPU instead of
-  ~10 ms through Serve's Python HTTP proxy (docs/benchmarks.md, "Ingress overhead").
+  (fast mode's direct ingress). A request costs the node about a third of the CPU it
+  costs through Serve's Python HTTP proxy (docs/benchmarks.md, "Ingress overhead").
 - **Serve's HTTP proxy**: what Serve does without HAProxy, and the fallback when no
   `haproxy` binary is found (`apt-get install haproxy` gives one).
 
@@ -66,8 +66,8 @@ def plan_public_port(
             )
         return PublicPort(
             None,
-            f"Serve's HTTP proxy, ~4x slower: no haproxy found; `{INSTALL_HINT}` "
-            "gives the fast path (docs/decisions.md)",
+            f"Serve's HTTP proxy (~3x the CPU per request): no haproxy found; "
+            f"`{INSTALL_HINT}` gives the fast path (docs/decisions.md)",
         )
     directory = Path(state_dir())
     stats, metrics, fallback_http, fallback_grpc = port(), port(), port(), port()
