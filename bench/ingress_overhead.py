@@ -13,8 +13,10 @@ serving path is measured:
 Two apps run side by side in one Ray Serve instance in fast mode: `bench-priced` at
 /priced (`serve_app.builder.build_app` with a policy written here) and `bench-plain` at
 /plain (a FastAPI ingress written here that forwards the body to a handle of the same
-`ModelServer` class: no auth, no pricing, no live state, no meters). Each app is
-measured through up to three entries:
+`ModelServer` class: no auth, no pricing, no live state, no meters). Both fast-mode
+apps get the same Serve logging options from the builder (access log lines off unless
+RTCTS_ACCESS_LOG=1); the default-mode pass-through app keeps Serve's defaults (access
+log lines on). Each app is measured through up to three entries:
 
 - `haproxy`: HAProxy on the port given to `serve.start`, balancing over the ingress
   replicas' direct ports (Serve's `RAY_SERVE_ENABLE_HA_PROXY=1`, set up exactly as
@@ -214,12 +216,23 @@ def plain_ingress() -> Any:
     return serve.deployment(serve.ingress(api)(PlainIngress))
 
 
-def plain_app(max_ongoing: int | None) -> Any:
+def access_log_setting() -> bool:
+    """Serve's access log lines for the fast-mode apps: rtcts's setting (RTCTS_ACCESS_LOG,
+    off unless set), the same for both so that the comparison is fair."""
+    from serve_app.settings import Settings
+
+    return Settings.from_env().access_log
+
+
+def plain_app(max_ongoing: int | None, access_log: bool | None = None) -> Any:
     """The pass-through app: PlainIngress -> ModelServer, with the same class and options
-    as the priced app's model deployment, unless `max_ongoing` overrides both."""
+    as the priced app's model deployment, unless `max_ongoing` overrides both.
+
+    `access_log` True or False applies the builder's logging options to both deployments,
+    as the priced app gets them; None leaves Serve's defaults (access log lines on)."""
     from ray import serve
 
-    from serve_app.builder import model_deployment_options
+    from serve_app.builder import deployment_logging_options, model_deployment_options
     from serve_app.models.deployment import ModelServer
     from serve_app.policy.schema import ModelSpec
 
@@ -233,6 +246,9 @@ def plain_app(max_ongoing: int | None) -> Any:
     if max_ongoing is not None:
         model_options["max_ongoing_requests"] = max_ongoing
         ingress_options["max_ongoing_requests"] = max_ongoing
+    if access_log is not None:
+        model_options.update(deployment_logging_options(access_log))
+        ingress_options.update(deployment_logging_options(access_log))
     model = (
         serve.deployment(ModelServer)  # type: ignore[attr-defined]
         .options(**model_options)
@@ -241,7 +257,7 @@ def plain_app(max_ongoing: int | None) -> Any:
     return plain_ingress().options(**ingress_options).bind(model)
 
 
-def priced_app(ingress_replicas: int = 1) -> Any:
+def priced_app(ingress_replicas: int = 1, access_log: bool | None = None) -> Any:
     from serve_app.builder import build_app
 
     return build_app(
@@ -251,6 +267,7 @@ def priced_app(ingress_replicas: int = 1) -> Any:
             "natural_output": False,
             "app_name": PRICED_APP,
             "ingress_replicas": ingress_replicas,
+            "access_log": access_log,
         }
     )
 
@@ -753,11 +770,17 @@ def fast_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
     def deploy(port: int) -> list[Target]:
         from ray import serve
 
-        log("deploying bench-priced at /priced and bench-plain at /plain (fast mode)")
-        serve.run(
-            priced_app(args.priced_ingress_replicas), name=PRICED_APP, route_prefix=PRICED_PREFIX
+        access_log = access_log_setting()
+        log(
+            "deploying bench-priced at /priced and bench-plain at /plain (fast mode, Serve"
+            f" access log lines {'on' if access_log else 'off'} for both)"
         )
-        serve.run(plain_app(None), name=PLAIN_APP, route_prefix=PLAIN_PREFIX)
+        serve.run(
+            priced_app(args.priced_ingress_replicas, access_log),
+            name=PRICED_APP,
+            route_prefix=PRICED_PREFIX,
+        )
+        serve.run(plain_app(None, access_log), name=PLAIN_APP, route_prefix=PLAIN_PREFIX)
         wait_ready(port, log)
         targets = []
         if env is not None:
@@ -798,7 +821,10 @@ def default_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
     def deploy(port: int) -> list[Target]:
         from ray import serve
 
-        log("deploying bench-plain at /plain (default mode, max_ongoing_requests=64)")
+        log(
+            "deploying bench-plain at /plain (default mode, max_ongoing_requests=64,"
+            " Serve's default logging: access log lines on)"
+        )
         serve.run(plain_app(DEFAULT_MODE_MAX_ONGOING), name=PLAIN_APP, route_prefix=PLAIN_PREFIX)
         return [Target("plain", "default", "proxy", port)]
 
@@ -973,6 +999,7 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "ray": ray.__version__,
         "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "fast_mode_access_log": access_log_setting(),
     }
 
 
@@ -1061,7 +1088,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Ingress overhead, {info['date']}, {info['cpus']} CPUs, Python {info['python']},"
         f" Ray {info['ray']}, code {info['code']}; {args.duration:g} s cells x"
-        f" {args.repeats} repeats (medians), client {args.client}, {report['wall_s']} s"
+        f" {args.repeats} repeats (medians), client {args.client}, {report['wall_s']} s;"
+        f" Serve access log lines in fast mode {'on' if info['fast_mode_access_log'] else 'off'}"
+        " (RTCTS_ACCESS_LOG), in default mode on"
     )
     print(
         f"load average {info['loadavg']} at start, {report['loadavg_end']} at end;"

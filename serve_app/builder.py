@@ -8,6 +8,9 @@ zero), `target_ongoing_requests`, and `max_ongoing_requests` = 2 x the model's m
 concurrent sequences (a full batch plus an equal queue on the replica, which the
 replica reports; beyond that requests wait at the caller's handle, which the
 ingress counts).
+
+Serve's per-request access log lines are off for every deployment of the app unless
+`access_log` (or the RTCTS_ACCESS_LOG setting) turns them on: `deployment_logging_options`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import LoggingConfig
 
 from serve_app.admission.gate import DEFAULT_TIMEOUT_S
 from serve_app.errors import PolicyError, PolicyIssue
@@ -25,6 +29,7 @@ from serve_app.ingress.app import Ingress
 from serve_app.models.deployment import ModelServer
 from serve_app.policy import LoadedPolicy, load_policy_dict, load_policy_file
 from serve_app.policy.schema import BackendKind, ModelSpec
+from serve_app.settings import Settings
 
 DEFAULT_APP_NAME = "rtcts"
 SUPPORTED_BACKENDS = frozenset({BackendKind.SIMULATED, BackendKind.OPENAI_UPSTREAM})
@@ -83,6 +88,11 @@ class AppArgs(BaseModel):
     ingress_max_ongoing_requests: int = Field(
         default=1024, ge=1, description="Concurrent requests per ingress replica."
     )
+    access_log: bool | None = Field(
+        default=None,
+        description="Serve's per-request access log lines for the ingress and the models; "
+        "None: the RTCTS_ACCESS_LOG setting (off unless set).",
+    )
 
     @model_validator(mode="after")
     def _one_policy(self) -> AppArgs:
@@ -116,6 +126,17 @@ def model_deployment_options(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def deployment_logging_options(access_log: bool) -> dict[str, Any]:
+    """Serve options that switch a deployment's access log lines off (empty when on).
+
+    Off: `LoggingConfig(enable_access_log=False)`, everything else Serve's default.
+    On: no `logging_config` at all, so Serve's defaults (or an application-level
+    `logging_config` of a Serve config file) apply as if rtcts set nothing."""
+    if access_log:
+        return {}
+    return {"logging_config": LoggingConfig(enable_access_log=False)}
+
+
 def build_app(args: dict[str, Any] | AppArgs) -> Application:
     """Validate everything first, then bind the deployments of the policy."""
     app_args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
@@ -127,10 +148,14 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     ]
     if unsupported:
         raise PolicyError(loaded.source, unsupported)
+    access_log = app_args.access_log
+    if access_log is None:
+        access_log = Settings.from_env().access_log
+    logging_options = deployment_logging_options(access_log)
 
     handles = {
         spec.id: serve.deployment(ModelServer)  # type: ignore[attr-defined]
-        .options(**model_deployment_options(spec))
+        .options(**model_deployment_options(spec), **logging_options)
         .bind(
             spec.model_dump(mode="json"),
             app_args.time_scale,
@@ -143,6 +168,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         num_replicas=app_args.ingress_replicas,
         max_ongoing_requests=app_args.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
+        **logging_options,
     )
     return ingress.bind(  # type: ignore[no-any-return]
         loaded.policy.model_dump(mode="json"),
@@ -169,4 +195,4 @@ def _billing(app_args: AppArgs) -> dict[str, Any] | None:
     }
 
 
-__all__ = ["AppArgs", "build_app"]
+__all__ = ["AppArgs", "build_app", "deployment_logging_options"]

@@ -21,6 +21,8 @@ HEADER = """\
 #   RAY_SERVE_THROUGHPUT_OPTIMIZED=1 serve run serve_config.yaml
 # Per model: autoscaling bounds from the policy (min_replicas 0 scales to zero),
 # max_ongoing_requests = 2 x the model's max concurrent sequences.
+# Serve's per-request access log lines are off (the builder sets each deployment's
+# logging_config); RTCTS_ACCESS_LOG=1 in the environment of `serve run` turns them on.
 """
 
 

@@ -28,6 +28,7 @@ ENV_VARS = {
     "haproxy": "RTCTS_HAPROXY",
     "haproxy_binary": "RTCTS_HAPROXY_BINARY",
     "ingress_replicas": "RTCTS_INGRESS_REPLICAS",
+    "access_log": "RTCTS_ACCESS_LOG",
 }
 """Each setting reads exactly one variable, named in its description."""
 
@@ -89,6 +90,13 @@ class Settings(BaseModel):
     )
     ingress_replicas: int = Field(
         default=1, ge=1, le=64, description="Ingress replicas (env RTCTS_INGRESS_REPLICAS)."
+    )
+    access_log: bool = Field(
+        default=False,
+        description="Serve's per-request access log lines for the ingress and model "
+        "deployments; off by default, since rtcts's meters, metrics and traces carry the "
+        "per-request facts and the lines cost CPU on every request (env RTCTS_ACCESS_LOG; "
+        "applied by the builder, so `rtcts run`, `serve run` and the benchmark all get it).",
     )
 
     @classmethod

@@ -56,6 +56,14 @@ def test_each_setting_reads_only_its_documented_variable() -> None:
     assert settings.redis_url is None
 
 
+def test_access_log_lines_are_off_unless_set() -> None:
+    assert Settings.from_env({}).access_log is False
+    assert Settings.from_env({"RTCTS_ACCESS_LOG": "1"}).access_log is True
+    assert Settings.from_env({"RTCTS_ACCESS_LOG": "0"}).access_log is False
+    with pytest.raises(SettingsError, match="access_log"):
+        Settings.from_env({"RTCTS_ACCESS_LOG": "maybe"})
+
+
 def test_empty_variable_counts_as_unset() -> None:
     settings = Settings.from_env({"RTCTS_HTTP_PORT": "", "REDIS_URL": ""})
     assert settings.http_port == 8000
