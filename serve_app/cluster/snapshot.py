@@ -53,6 +53,20 @@ class _Replica:
         return ReplicaLoad(self.running, self.queued, self.warm, self.start_remaining_s)
 
 
+@dataclass(frozen=True, slots=True)
+class ModelBase:
+    """What one model's load is before this ingress's in-flight count is applied: its
+    replicas from the reports and the controller (as of one refresh) and their averages.
+    `model_load` applies an in-flight count to it; the cluster state keeps bases between
+    refreshes, so a request's begin or end rebuilds only its model's `ModelLoad`."""
+
+    replicas: tuple[ReplicaLoad, ...]
+    target_replicas: int | None
+    failure_rate: float
+    mean_service_s: float | None
+    available: bool
+
+
 def build_snapshot(
     scaling: Mapping[str, Scaling],
     reports: Iterable[ReplicaReport],
@@ -61,34 +75,65 @@ def build_snapshot(
     now: float,
 ) -> ClusterSnapshot:
     """The pricing snapshot of every model in `scaling`."""
+    bases = model_bases(scaling, reports, deployments, now)
+    return ClusterSnapshot(
+        {
+            model_id: model_load(bases[model_id], bounds, in_flight.get(model_id, 0))
+            for model_id, bounds in scaling.items()
+        }
+    )
+
+
+def model_bases(
+    scaling: Mapping[str, Scaling],
+    reports: Iterable[ReplicaReport],
+    deployments: Mapping[str, DeploymentInfo] | None,
+    now: float,
+) -> dict[str, ModelBase]:
+    """Per model in `scaling`, its replicas and averages without the in-flight count."""
     by_model: dict[str, dict[str, ReplicaReport]] = {}
     for report in reports:
         by_model.setdefault(report.model_id, {})[report.replica_id] = report
-    models: dict[str, ModelLoad] = {}
+    bases: dict[str, ModelBase] = {}
     for model_id, bounds in scaling.items():
         reported = by_model.get(model_id, {})
         deployment = None if deployments is None else deployments.get(model_id)
         replicas = _replicas(reported, deployment, bounds.cold_start_s, now)
-        ongoing = max(in_flight.get(model_id, 0), sum(r.running + r.queued for r in replicas))
-        wanted = min(
-            bounds.max_replicas,
-            max(bounds.min_replicas, math.ceil(ongoing / bounds.target_ongoing_requests)),
-        )
-        if deployment is not None:
-            wanted = max(wanted, min(deployment.target_replicas, bounds.max_replicas))
-        replicas += [
-            _Replica(0, 0, False, bounds.cold_start_s) for _ in range(wanted - len(replicas))
-        ]
-        _queue_unreported(replicas, in_flight.get(model_id, 0))
         services = [r.mean_service_s for r in reported.values() if r.mean_service_s]
         failures = [r.failure_rate for r in reported.values()]
-        models[model_id] = ModelLoad(
+        bases[model_id] = ModelBase(
             replicas=tuple(r.frozen() for r in replicas),
+            target_replicas=None if deployment is None else deployment.target_replicas,
             failure_rate=sum(failures) / len(failures) if failures else 0.0,
             mean_service_s=sum(services) / len(services) if services else None,
             available=deployment is None or deployment.status not in UNAVAILABLE_STATUSES,
         )
-    return ClusterSnapshot(models)
+    return bases
+
+
+def model_load(base: ModelBase, bounds: Scaling, in_flight: int) -> ModelLoad:
+    """One model's `ModelLoad`: its base with this ingress's in-flight count applied
+    (anticipated scale-up, requests beyond the reports queued on the least loaded)."""
+    reported_load = sum(r.running + r.queued for r in base.replicas)
+    ongoing = max(in_flight, reported_load)
+    wanted = min(
+        bounds.max_replicas,
+        max(bounds.min_replicas, math.ceil(ongoing / bounds.target_ongoing_requests)),
+    )
+    if base.target_replicas is not None:
+        wanted = max(wanted, min(base.target_replicas, bounds.max_replicas))
+    replicas = base.replicas
+    missing = wanted - len(replicas)
+    if missing > 0:
+        replicas += (ReplicaLoad(0, 0, False, bounds.cold_start_s),) * missing
+    if in_flight > reported_load and replicas:
+        replicas = _queue_unreported(replicas, in_flight - reported_load)
+    return ModelLoad(
+        replicas=replicas,
+        failure_rate=base.failure_rate,
+        mean_service_s=base.mean_service_s,
+        available=base.available,
+    )
 
 
 def _replicas(
@@ -124,10 +169,34 @@ def _from_report(report: ReplicaReport, now: float) -> _Replica:
     return _Replica(report.running, report.queued, report.warm, remaining)
 
 
-def _queue_unreported(replicas: list[_Replica], in_flight: int) -> None:
-    excess = in_flight - sum(r.running + r.queued for r in replicas)
-    if excess <= 0 or not replicas:
-        return
-    for _ in range(excess):
-        least = min(replicas, key=lambda r: (not r.warm, r.running + r.queued))
-        least.queued += 1
+def _queue_unreported(replicas: tuple[ReplicaLoad, ...], excess: int) -> tuple[ReplicaLoad, ...]:
+    """Queue `excess` requests one by one on the least loaded replica, warm before cold
+    (ties: the first listed), in O(replicas) rather than one scan per request: fill the
+    least loaded up to a common level, then the first ones at that level get one more."""
+    group = [i for i, r in enumerate(replicas) if r.warm] or list(range(len(replicas)))
+    loads = {i: replicas[i].running + replicas[i].queued for i in group}
+    ordered = sorted(loads.values())
+    level, below, left = ordered[0], 0, excess
+    while True:
+        while below < len(ordered) and ordered[below] <= level:
+            below += 1
+        if below < len(ordered) and (ordered[below] - level) * below <= left:
+            left -= (ordered[below] - level) * below
+            level = ordered[below]
+            continue
+        level, left = level + left // below, left % below
+        break
+    added: dict[int, int] = {}
+    for i in group:  # in list order: the first ones at the level get the remainder
+        if loads[i] <= level:
+            extra = level - loads[i]
+            if left > 0:
+                extra, left = extra + 1, left - 1
+            if extra:
+                added[i] = extra
+    return tuple(
+        ReplicaLoad(r.running, r.queued + added[i], r.warm, r.start_remaining_s)
+        if i in added
+        else r
+        for i, r in enumerate(replicas)
+    )

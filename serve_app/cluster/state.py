@@ -13,13 +13,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo
-from serve_app.cluster.snapshot import Scaling, build_snapshot
-from serve_app.pricing.types import ClusterSnapshot
+from serve_app.cluster.snapshot import ModelBase, Scaling, model_bases, model_load
+from serve_app.pricing.types import ClusterSnapshot, ModelLoad
 
 logger = logging.getLogger("rtcts.cluster")
 
@@ -52,6 +52,11 @@ class ClusterState:
         self._deployments: dict[str, DeploymentInfo] | None = None
         self._in_flight: Counter[str] = Counter()
         self._cached: ClusterSnapshot | None = None
+        self._bases: dict[str, ModelBase] | None = None
+        """Per model, its load without the in-flight count, as of the last refresh."""
+        self._loads: dict[str, ModelLoad] = {}
+        self._stale: set[str] = set()
+        """Models whose in-flight count changed since their `ModelLoad` was built."""
         self._reported: dict[str, int] = {}
         """Per model, the load the replicas reported in the cached snapshot, when known."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,12 +80,12 @@ class ClusterState:
 
     async def refresh_load(self) -> None:
         self._reports = await self._fetch_reports()
-        self._cached = None
+        self._cached = self._bases = None
         self.refreshed_at = (self._clock(), self.refreshed_at[1])
 
     async def refresh_replicas(self) -> None:
         self._deployments = await self._fetch_deployments()
-        self._cached = None
+        self._cached = self._bases = None
         self.refreshed_at = (self.refreshed_at[0], self._clock())
         if self._on_replicas is not None:
             self._on_replicas(self.snapshot())
@@ -98,23 +103,35 @@ class ClusterState:
     def _in_flight_changed(self, model_id: str, highest: int) -> None:
         """The snapshot uses this ingress's in-flight count only where it exceeds what the
         replicas reported; below that, a begin or end changes nothing and the cached
-        snapshot stays (a busy model's requests do not each rebuild it)."""
+        snapshot stays (a busy model's requests do not each rebuild it). Above it, only
+        this model's `ModelLoad` is rebuilt, from its base of the last refresh."""
         reported = self._reported.get(model_id)
         if reported is None or highest > reported:
             self._cached = None
+            self._stale.add(model_id)
 
     def snapshot(self) -> ClusterSnapshot:
-        if self._cached is None:
-            self._cached = build_snapshot(
-                self._scaling, self._reports, self._deployments, self._in_flight, self._clock()
+        if self._cached is not None:
+            return self._cached
+        if self._bases is None:
+            self._bases = model_bases(
+                self._scaling, self._reports, self._deployments, self._clock()
             )
-            self._reported = {}
-            for model_id, load in self._cached.models.items():
-                total = sum(r.running + r.queued for r in load.replicas)
-                in_flight = self._in_flight[model_id]
-                # total = max(reported, in_flight): exact only when in_flight is below it.
-                if total > in_flight or in_flight == 0:
-                    self._reported[model_id] = total
+            stale: Iterable[str] = self._scaling
+        else:
+            stale = self._stale & self._scaling.keys()
+        for model_id in stale:
+            in_flight = self._in_flight[model_id]
+            load = model_load(self._bases[model_id], self._scaling[model_id], in_flight)
+            self._loads[model_id] = load
+            total = sum(r.running + r.queued for r in load.replicas)
+            # total = max(reported, in_flight): exact only when in_flight is below it.
+            if total > in_flight or in_flight == 0:
+                self._reported[model_id] = total
+            else:
+                self._reported.pop(model_id, None)
+        self._stale = set()
+        self._cached = ClusterSnapshot(dict(self._loads))
         return self._cached
 
     def view(self) -> dict[str, Any]:

@@ -262,3 +262,28 @@ def test_reports_of_replicas_the_controller_says_are_gone_do_not_count() -> None
         {"m": Scaling(5.0, 8, 1, 2)}, reports, {"m": deployment}, {}, now=100.0
     )
     assert len(snapshot.load("m").replicas) == 1
+
+
+def _one_by_one(replicas: tuple[ReplicaLoad, ...], excess: int) -> tuple[ReplicaLoad, ...]:
+    """The rule `_queue_unreported` implements: each request on the least loaded replica,
+    warm before cold, the first listed on ties."""
+    loads = [[r.running, r.queued, r.warm, r.start_remaining_s] for r in replicas]
+    for _ in range(excess):
+        least = min(loads, key=lambda r: (not r[2], r[0] + r[1]))
+        least[1] += 1
+    return tuple(ReplicaLoad(*r) for r in loads)
+
+
+def test_queue_unreported_matches_the_one_by_one_rule() -> None:
+    import random
+
+    from serve_app.cluster.snapshot import _queue_unreported
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        replicas = tuple(
+            ReplicaLoad(rng.randint(0, 6), rng.randint(0, 4), rng.random() < 0.7, 0.0)
+            for _ in range(rng.randint(1, 5))
+        )
+        excess = rng.randint(1, 40)
+        assert _queue_unreported(replicas, excess) == _one_by_one(replicas, excess)

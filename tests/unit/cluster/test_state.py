@@ -285,3 +285,23 @@ def test_in_flight_below_the_reported_load_keeps_the_cached_snapshot() -> None:
     state.begin("m")
     state.begin("m")  # 4 > 3: news the replicas have not reported yet
     assert state.snapshot() is not before
+
+
+def test_snapshot_after_begins_and_ends_equals_a_full_rebuild() -> None:
+    """Only the changed model's load is rebuilt between refreshes; the result is what
+    `build_snapshot` gives for the same reports, controller states and in-flight counts."""
+    from serve_app.cluster.snapshot import build_snapshot
+
+    state, reports, deployments, _clock = _state()
+    asyncio.run(state.refresh_load())
+    asyncio.run(state.refresh_replicas())
+    steps = [("m", 1)] * 6 + [("z", 1)] * 3 + [("m", -1)] * 4 + [("z", -1), ("m", 1)] * 2
+    in_flight = {"m": 0, "z": 0}
+    for model_id, change in steps:
+        (state.begin if change > 0 else state.end)(model_id)
+        in_flight[model_id] += change
+        expected = build_snapshot(SCALING, reports.value, deployments.value, in_flight, NOW)
+        assert state.snapshot() == expected
+    asyncio.run(state.refresh_load())  # a refresh rebuilds every model from the new reports
+    expected = build_snapshot(SCALING, reports.value, deployments.value, in_flight, NOW)
+    assert state.snapshot() == expected
