@@ -20,7 +20,11 @@ from serve_app.local.child import free_port
 
 POLICY = Path(__file__).with_name("policy.yaml")
 APP_NAME = "rtcts-it"
-KEYS = {plan: f"it-{plan}" for plan in ("flex", "strict", "premium", "limited", "budget", "closed")}
+KEYS = {
+    name: f"it-{name}"
+    for name in ("flex", "strict", "premium", "limited", "budget", "closed", "tokens")
+}
+"""API keys by plan name (and "tokens": a premium tenant of one test alone)."""
 ADMIN_KEY = "it-admin"
 
 

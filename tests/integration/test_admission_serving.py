@@ -50,8 +50,9 @@ def test_concurrent_requests_over_two_ingress_replicas_admit_exactly_the_limit(
     responses = asyncio.run(_burst(app_url, "limited", 200, max_tokens=1))
     limited = [r for r in responses if r.status_code == 429]
     served = sum(r.status_code == 200 for r in responses)
-    health = [httpx.get(f"{app_url}/healthz").json()["admission"] for _ in range(4)]
-    assert served == 50, health
+    others = [(r.status_code, r.text[:200]) for r in responses if r.status_code not in (200, 429)]
+    assert not others, others
+    assert served == 50
     assert len(limited) == 150
     for r in limited:
         assert r.json()["error"]["code"] == "rate_limited"
@@ -65,7 +66,8 @@ def test_budget_holds_under_concurrency(app_url: str) -> None:
     refused = [r for r in responses if r.status_code == 402]
     assert served
     assert refused
-    assert len(served) + len(refused) == 100
+    others = [(r.status_code, r.text[:200]) for r in responses if r.status_code not in (200, 402)]
+    assert not others, others
     assert {r.json()["error"]["code"] for r in refused} == {"budget_exceeded"}
     billed = sum(Decimal(r.json()["rtcts"]["billed_usd"]) for r in served)
     assert billed <= Decimal("0.02")
@@ -80,10 +82,11 @@ def test_budget_holds_under_concurrency(app_url: str) -> None:
 
 
 def test_tokens_settle_to_the_verified_count_streamed_or_not(app_url: str) -> None:
+    # A tenant no other test uses: its month's tokens are this test's, all in the window.
     plain = httpx.post(
         f"{app_url}/v1/chat/completions",
         json=chat_body("mid", max_tokens=5),
-        headers=auth("premium"),
+        headers=auth("tokens"),
     )
     assert plain.status_code == 200
     usage_plain = plain.json()["usage"]["total_tokens"]
@@ -92,20 +95,20 @@ def test_tokens_settle_to_the_verified_count_streamed_or_not(app_url: str) -> No
         "POST",
         f"{app_url}/v1/chat/completions",
         json=chat_body("mid", max_tokens=6, stream=True, stream_options={"include_usage": True}),
-        headers=auth("premium"),
+        headers=auth("tokens"),
     ) as response:
         for line in response.iter_lines():
             if line.startswith("data: {") and '"usage"' in line:
                 streamed_usage = httpx.Response(200, content=line[6:]).json()["usage"]
     expected = usage_plain + streamed_usage["total_tokens"]
-    before = _usage(app_url, "premium")["month"]["billed_tokens"]
+    before = _usage(app_url, "tokens")["month"]["billed_tokens"]
     assert before >= expected
     # Within the window, the tenant's token count is the verified counts, not estimates.
     window = wait_until(
-        lambda: (w := _usage(app_url, "premium")["window"])["tokens"] >= expected and w,
+        lambda: (w := _usage(app_url, "tokens")["window"])["tokens"] >= expected and w,
         timeout_s=10,
     )
-    assert window["tokens"] == _usage(app_url, "premium")["month"]["billed_tokens"]
+    assert window["tokens"] == _usage(app_url, "tokens")["month"]["billed_tokens"]
 
 
 def test_tenants_see_only_their_own_usage_and_admin_needs_the_admin_key(app_url: str) -> None:
