@@ -191,13 +191,7 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# -- one meter (the objects in `m`) ---------------------------------------------------
-
-
-def encode_meter(meter: Meter) -> bytes:
-    """One meter as compact JSON: exactly `json.dumps(meter.to_dict(), separators=(",",
-    ":"))`, built without `asdict`'s deep copy (a meter is flat)."""
-    return _ENCODER.encode({name: getattr(meter, name) for name in _FIELDS}).encode()
+# -- reading the meters back (`m`) -----------------------------------------------------
 
 
 def _field_checks() -> dict[str, tuple[type, ...]]:
@@ -237,11 +231,6 @@ def meter_from_object(obj: Any) -> Meter:
             value = float(value)
         values[name] = value
     return Meter(**values)
-
-
-def decode_meter(data: bytes | str) -> Meter:
-    """A meter from its JSON bytes (see `meter_from_object`)."""
-    return meter_from_object(json.loads(data))
 
 
 def decode_meters(data: bytes | str) -> list[Meter]:

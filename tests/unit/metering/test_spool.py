@@ -13,13 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.metering.entry import (
-    MeterBatch,
-    decode_meter,
-    decode_meters,
-    encode_batch,
-    encode_meter,
-)
+from serve_app.metering.entry import MeterBatch, decode_meters, encode_batch
 from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
 from serve_app.metering.stream import shard_of, stream_key
@@ -66,25 +60,31 @@ def _replay(spool: MeterSpool, target: Collector, batch_size: int = 1024) -> int
 # -- encoding -------------------------------------------------------------------------
 
 
-def test_encoding_is_exactly_the_compact_json_of_to_dict() -> None:
-    meter = _meter(1, failure="replica_died", billable=False, tenant="tënant-ü")
-    expected = json.dumps(meter.to_dict(), separators=(",", ":")).encode()
-    assert encode_meter(meter) == expected
+def _table(*meters: dict[str, object]) -> bytes:
+    """An entry's `m` field for these meter objects: field names, then rows."""
+    names = list(meters[0])
+    return json.dumps([names, *([m[n] for n in names] for m in meters)]).encode()
+
+
+def test_the_meters_field_is_the_field_names_then_one_row_per_meter() -> None:
+    meters = [_meter(1, failure="replica_died", billable=False), _meter(2)]
+    table = json.loads(encode_batch(meters).meters)
+    assert table == [list(meters[0].to_dict()), *(list(m.to_dict().values()) for m in meters)]
 
 
 @pytest.mark.parametrize("failure", [None, "timeout"])
 def test_encode_decode_round_trip(failure: str | None) -> None:
-    meter = _meter(7, failure=failure, ttft_ms=0.0, total_ms=12.0)
-    assert decode_meter(encode_meter(meter)) == meter
-    assert decode_meter(encode_meter(meter).decode()) == meter
+    meters = [_meter(7, failure=failure, ttft_ms=0.0, total_ms=12.0), _meter(8)]
+    data = encode_batch(meters).meters
+    assert decode_meters(data) == meters
+    assert decode_meters(data.decode()) == meters
 
 
 def test_decode_accepts_integral_floats_and_ignores_unknown_fields() -> None:
     original = _meter(2)
-    data = json.loads(encode_meter(original))
-    data["ttft_ms"] = 120  # another writer may send an integral float as an integer
-    data["added_in_a_later_version"] = "x"
-    meter = decode_meter(json.dumps(data))
+    # another writer may send an integral float as an integer, or a field added later
+    data = _table({**original.to_dict(), "ttft_ms": 120, "added_in_a_later_version": "x"})
+    (meter,) = decode_meters(data)
     assert isinstance(meter.ttft_ms, float)
     assert meter == dataclasses.replace(original, ttft_ms=120.0)
 
@@ -92,19 +92,21 @@ def test_decode_accepts_integral_floats_and_ignores_unknown_fields() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b'{"meter_id":"x","tenant_id":"t"',  # torn
+        b'[["meter_id","tenant_id"],["x"',  # torn
         b"[1,2]",
+        b'{"meter_id":"x"}',
         b"not json",
         b"\xff\xfe",
-        json.dumps({**_meter(3).to_dict(), "input_tokens": "200"}).encode(),
-        json.dumps({**_meter(3).to_dict(), "billed_micro": True}).encode(),
-        json.dumps({**_meter(3).to_dict(), "billable": 1}).encode(),
-        json.dumps({k: v for k, v in _meter(3).to_dict().items() if k != "tenant_id"}).encode(),
+        b'[["meter_id"],["x","extra value"]]',
+        _table({**_meter(3).to_dict(), "input_tokens": "200"}),
+        _table({**_meter(3).to_dict(), "billed_micro": True}),
+        _table({**_meter(3).to_dict(), "billable": 1}),
+        _table({k: v for k, v in _meter(3).to_dict().items() if k != "tenant_id"}),
     ],
 )
-def test_decode_rejects_what_is_not_a_meter(data: bytes) -> None:
+def test_decode_rejects_what_is_not_meters(data: bytes) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - every kind of damage is a ValueError
-        decode_meter(data)
+        decode_meters(data)
 
 
 def test_stream_keys_carry_one_hash_tag_per_shard() -> None:
