@@ -293,31 +293,10 @@ class StripeSink:
         self._customers: set[str] = set()
 
     @classmethod
-    def connect(
-        cls,
-        api_key: str,
-        api_base: str | None = None,
-        *,
-        mode: SendMode | str = "v1",
-        timeout_s: float = 10.0,
-        create_customers: bool | None = None,
-        verify_customers: bool = True,
-        concurrency: int = 8,
-        session_margin_s: float = 60.0,
-        clock: Callable[[], float] = time.time,
-    ) -> StripeSink:
-        """`StripeSink(api_key=..., api_base=...)`: a sink with its own StripeClient."""
-        return cls(
-            api_key=api_key,
-            api_base=api_base,
-            mode=mode,
-            timeout_s=timeout_s,
-            create_customers=create_customers,
-            verify_customers=verify_customers,
-            concurrency=concurrency,
-            session_margin_s=session_margin_s,
-            clock=clock,
-        )
+    def connect(cls, api_key: str, api_base: str | None = None, **options: Any) -> StripeSink:
+        """`StripeSink(api_key=..., api_base=..., **options)`: a sink with its own
+        StripeClient (options as in the constructor)."""
+        return cls(api_key=api_key, api_base=api_base, **options)
 
     def __repr__(self) -> str:
         return f"StripeSink(mode={self.mode!r}, create_customers={self._create_customers})"

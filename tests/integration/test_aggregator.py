@@ -23,6 +23,7 @@ from serve_app.metering.types import (
     SendResult,
     SendStatus,
 )
+from tests.factories import make_meter
 
 pytestmark = pytest.mark.integration
 
@@ -30,27 +31,18 @@ pytestmark = pytest.mark.integration
 def _meter(
     tenant: str, billed: int, *, billable: bool = True, ended_at_ms: int | None = None
 ) -> Meter:
-    return Meter(
-        meter_id=new_meter_id(),
-        request_id=uuid.uuid4().hex,
+    ended = int(time.time() * 1000) if ended_at_ms is None else ended_at_ms
+    return make_meter(
+        meter_id=new_meter_id(ended),
         tenant_id=tenant,
         stripe_customer_id=f"cus_{tenant}",
-        plan_id="p",
-        requested_model="m",
-        served_model="m",
-        decision="allow",
         input_tokens=10,
         output_tokens=5,
-        ttft_ms=1.0,
-        total_ms=2.0,
-        sla_met=True,
-        cost_micro=1,
         list_price_micro=billed,
         credit_micro=0,
         billed_micro=billed if billable else 0,
         billable=billable,
-        policy_version="v",
-        ended_at_ms=int(time.time() * 1000) if ended_at_ms is None else ended_at_ms,
+        ended_at_ms=ended,
     )
 
 
