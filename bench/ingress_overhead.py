@@ -12,8 +12,9 @@ serving path is measured:
 
 Two apps run side by side in one Ray Serve instance in fast mode: `bench-priced` at
 /priced (`serve_app.builder.build_app` with a policy written here) and `bench-plain` at
-/plain (a FastAPI ingress written here that forwards the body to a handle of the same
-`ModelServer` class: no auth, no pricing, no live state, no meters). Both fast-mode
+/plain (an ingress written here that forwards the body to a handle of the same
+`ModelServer` class: no auth, no pricing, no live state, no meters; on the same HTTP
+layer as the priced ingress, `serve_app.ingress.asgi.IngressASGI`). Both fast-mode
 apps get the same Serve logging options from the builder (access log lines off unless
 RTCTS_ACCESS_LOG=1); the default-mode pass-through app keeps Serve's defaults (access
 log lines on). Each app is measured through up to three entries:
@@ -54,7 +55,6 @@ A benchmark, not a test: it always exits 0 and prints PASS or FAIL against each 
 Ray never gets port 6379: ray.init picks free ports and Serve gets a free port.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the pass-through route signature.
 import argparse
 import asyncio
 import contextlib
@@ -75,7 +75,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from serve_app.models.backend import ChatMessage, GenerationRequest
@@ -167,23 +167,28 @@ POLICY: dict[str, Any] = {
 
 
 def plain_ingress() -> Any:
-    """The pass-through ingress deployment: parse the body, call the model, answer.
+    """The pass-through ingress deployment: read the body, call the model, answer.
 
-    Built in a function so that Ray pickles the FastAPI app with its routes by value,
-    however this file was loaded."""
+    The same HTTP layer as the priced ingress (`serve_app.ingress.asgi.IngressASGI`: the
+    chat route as plain ASGI, anything else in an empty FastAPI app), so that the two
+    differ only by what rtcts does per request. Built in a function so that Ray pickles
+    the class by value, however this file was loaded."""
     from ray import serve
 
-    api = FastAPI(title="pass-through", docs_url=None)
+    from serve_app.ingress.app import MAX_BODY_BYTES
+    from serve_app.ingress.asgi import IngressASGI, read_body
 
     class PlainIngress:
         def __init__(self, model: Any) -> None:
-            self._model = model
+            self._model = model.options(method_name="generate")
 
-        @api.post(CHAT_PATH)
-        async def chat(self, request: Request) -> JSONResponse:
-            body = json.loads(await request.body())
+        def __serve_build_asgi_app__(self) -> IngressASGI:
+            return IngressASGI(FastAPI(docs_url=None), {("POST", CHAT_PATH): self.chat})
+
+        async def chat(self, scope: Any, receive: Any) -> JSONResponse:
+            body = json.loads(await read_body(scope, receive, MAX_BODY_BYTES))
             request_id = uuid.uuid4().hex
-            completion = await self._model.options(method_name="generate").remote(
+            completion = await self._model.remote(
                 GenerationRequest(
                     request_id=request_id,
                     messages=tuple(
@@ -213,7 +218,7 @@ def plain_ingress() -> Any:
                 }
             )
 
-    return serve.deployment(serve.ingress(api)(PlainIngress))
+    return serve.deployment(serve.ingress()(PlainIngress))
 
 
 def access_log_setting() -> bool:

@@ -1,14 +1,16 @@
-"""The HTTP edge: a FastAPI app inside a Serve deployment. Routes are thin; the work is
-in `service.py`.
+"""The HTTP edge: the ingress Serve deployment. Routes are thin; the work is in
+`service.py`.
 
     POST /v1/chat/completions   OpenAI chat completions, streamed or not, priced
     POST /v1/quote              the same body: the decision and every candidate, nothing run
     GET  /v1/models             models and aliases of the caller's plan, with prices
     GET  /v1/cluster            live state and current cost per 1M tokens per model
     GET  /healthz               liveness and freshness of the live state
+    GET  /v1/usage, /v1/admin/* usage, billing health and reconciliation
 
-The API key is checked before the body is parsed, so an unauthenticated caller learns
-nothing about the API but 401.
+The two priced routes run as plain ASGI (`asgi.py`); the others are a FastAPI app built
+per replica. The API key is checked before the body is read, so an unauthenticated
+caller learns nothing about the API but 401.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures.
@@ -19,8 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from ray import serve
+from starlette.types import Receive, Scope
 
 from serve_app.admission import AdmissionGate, RedisAdmission
 from serve_app.admission.gate import DEFAULT_TIMEOUT_S
@@ -30,6 +32,7 @@ from serve_app.cluster.serve_adapter import ServeControllerAdapter
 from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
 from serve_app.ingress import errors
+from serve_app.ingress.asgi import IngressASGI, Route, headers_of, read_chat_body
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.ingress.service import ChatService
 from serve_app.metering.aggregator import AggregatorConfig, ensure_aggregators, stripe_sink_for
@@ -43,14 +46,12 @@ from serve_app.telemetry import RayMetrics
 MAX_BODY_BYTES = 4 * 1024 * 1024
 REDIS_CONNECTIONS = 64
 """Redis connections per ingress replica (admission and billing views)."""
-
-app = FastAPI(title="rtcts", description="Real-Time Cost-to-Serve LLM gateway", docs_url=None)
-errors.install_error_handlers(app)
-app.add_middleware(errors.BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+CHAT_PATH = "/v1/chat/completions"
+QUOTE_PATH = "/v1/quote"
 
 
 @serve.deployment
-@serve.ingress(app)
+@serve.ingress()
 class Ingress:
     """The ingress deployment; the builder binds it with the policy and model handles."""
 
@@ -138,38 +139,56 @@ class Ingress:
             loaded, state, handles, sink, metrics, admission=admission, billing=billing_view
         )
 
-    async def _tenant_and_body(self, request: Request) -> tuple[Tenant, ChatCompletionRequest]:
-        tenant = self.service.authenticate(request.headers.get("authorization"))
-        raw = await request.body()
-        try:
-            body = ChatCompletionRequest.model_validate_json(raw or b"null")
-        except ValidationError as exc:
-            raise errors.validation_error(exc.errors()) from None
-        return tenant, body
+    def __serve_build_asgi_app__(self) -> IngressASGI:
+        """Serve calls this once the constructor has run: the ASGI app of this replica."""
+        priced: dict[tuple[str, str], Route] = {
+            ("POST", CHAT_PATH): self.chat_completions,
+            ("POST", QUOTE_PATH): self.quote,
+        }
+        return IngressASGI(self._api(), priced)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(self, request: Request) -> Response:
-        tenant, body = await self._tenant_and_body(request)
+    def _api(self) -> FastAPI:
+        """The FastAPI app of every route but the priced ones."""
+        api = FastAPI(
+            title="rtcts", description="Real-Time Cost-to-Serve LLM gateway", docs_url=None
+        )
+        errors.install_error_handlers(api)
+        api.add_api_route("/v1/models", self.models, methods=["GET"])
+        api.add_api_route("/v1/cluster", self.cluster, methods=["GET"])
+        api.add_api_route("/healthz", self.healthz, methods=["GET"])
+        api.add_api_route("/v1/usage", self.usage, methods=["GET"])
+        api.add_api_route("/v1/admin/usage/{tenant_id}", self.admin_usage, methods=["GET"])
+        api.add_api_route("/v1/admin/billing", self.admin_billing, methods=["GET"])
+        api.add_api_route("/v1/admin/reconcile", self.admin_reconcile, methods=["POST"])
+        return api
+
+    async def _tenant_and_body(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[Tenant, ChatCompletionRequest, str | None]:
+        """The caller's tenant (401 first), the validated body and Serve's request id."""
+        headers = headers_of(scope, b"authorization", b"x-request-id")
+        tenant = self.service.authenticate(headers.get(b"authorization"))
+        body = await read_chat_body(scope, receive, MAX_BODY_BYTES)
+        return tenant, body, headers.get(b"x-request-id")
+
+    async def chat_completions(self, scope: Scope, receive: Receive) -> Response:
+        tenant, body, request_id = await self._tenant_and_body(scope, receive)
         # Serve's RequestIdMiddleware puts the id (the client's, or a new one) in the
         # request headers and sends it back as x-request-id.
-        return await self.service.chat(tenant, body, request.headers.get("x-request-id"))
+        return await self.service.chat(tenant, body, request_id)
 
-    @app.post("/v1/quote")
-    async def quote(self, request: Request) -> JSONResponse:
-        tenant, body = await self._tenant_and_body(request)
+    async def quote(self, scope: Scope, receive: Receive) -> Response:
+        tenant, body, _ = await self._tenant_and_body(scope, receive)
         return JSONResponse(self.service.quote(tenant, body))
 
-    @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
         tenant = self.service.authenticate(request.headers.get("authorization"))
         return JSONResponse(self.service.models(tenant).model_dump(mode="json", exclude_none=True))
 
-    @app.get("/v1/usage")
     async def usage(self, request: Request) -> JSONResponse:
         tenant = self.service.authenticate(request.headers.get("authorization"))
         return JSONResponse(await self.service.usage(tenant))
 
-    @app.get("/v1/admin/usage/{tenant_id}")
     async def admin_usage(self, tenant_id: str, request: Request) -> JSONResponse:
         self._require_admin(request)
         tenant = self.service.tenant_by_id(tenant_id)
@@ -177,12 +196,10 @@ class Ingress:
             raise errors.ApiError(404, f"No tenant '{tenant_id}'.", code="tenant_not_found")
         return JSONResponse(await self.service.usage(tenant))
 
-    @app.get("/v1/admin/billing")
     async def admin_billing(self, request: Request) -> JSONResponse:
         self._require_admin(request)
         return JSONResponse(await self.service.billing_health())
 
-    @app.post("/v1/admin/reconcile")
     async def admin_reconcile(self, request: Request) -> JSONResponse:
         self._require_admin(request)
         sink = stripe_sink_for(self._stripe_base)
@@ -198,12 +215,10 @@ class Ingress:
                 raise errors.forbidden("This endpoint needs an admin key.")
             raise errors.unauthorized()
 
-    @app.get("/v1/cluster")
     async def cluster(self, request: Request) -> JSONResponse:
         tenant = self.service.authenticate(request.headers.get("authorization"))
         return JSONResponse(self.service.cluster(tenant))
 
-    @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
         load_at, replicas_at = self.service.state.refreshed_at
         now = time.time()

@@ -44,7 +44,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.errors import (
     ContextWindowError,
@@ -305,13 +304,10 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     loc = tuple(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return ApiError(400, "invalid JSON body")
-    if loc in {("body",), ()}:
+    if loc in {("body",), ()}:  # the body itself, not one of its fields
         if first.get("type") == "missing":
             return ApiError(400, "A JSON request body is required.")
-        if isinstance(first.get("input"), bytes | bytearray):
-            return ApiError(
-                400, "The request body must be JSON sent with Content-Type: application/json."
-            )
+        return ApiError(400, "The request body must be a JSON object.")
     issues = []
     for error in errors[:_MAX_LISTED_ISSUES]:
         path = field_path(tuple(error.get("loc", ())))
@@ -374,72 +370,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(Exception, _on_api_error)
-
-
-# ---------------------------------------------------------------------- body guard
-
-
-class BodySizeLimitMiddleware:
-    """Pure ASGI middleware: answer 413 to request bodies over `max_bytes`.
-
-    A declared Content-Length over the limit is refused before the body is read. A body
-    without one (chunked) or longer than declared is counted as it streams in: once over
-    the limit the client gets the 413, the app sees a disconnect, and whatever the app
-    still sends is dropped.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        if max_bytes < 1:
-            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._reject(scope, receive, send)
-            return
-
-        received = 0
-        rejected = False
-        response_started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, rejected
-            if rejected:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    rejected = True
-                    if not response_started:
-                        await self._reject(scope, receive, send)
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal response_started
-            if rejected:
-                return
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        await self.app(scope, counting_receive, guarded_send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = payload_too_large(self.max_bytes).to_response()
-        response.headers["Connection"] = "close"
-        await response(scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length":
-            text = value.decode("latin-1").strip()
-            return int(text) if text.isascii() and text.isdigit() else None
-    return None

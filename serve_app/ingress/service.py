@@ -98,7 +98,11 @@ class ChatService:
         self.book = PriceBook.from_policy(policy.policy, policy.version)
         self.state = state
         self.tenants = TenantDirectory(policy.policy.tenants)
-        self._handles = dict(handles)
+        # Handle options made once: `options()` builds a new handle on every call.
+        self._generate_handles = {m: h.options(method_name="generate") for m, h in handles.items()}
+        self._stream_handles = {
+            m: h.options(method_name="stream", stream=True) for m, h in handles.items()
+        }
         self._sink = sink
         self._metrics = metrics or NoMetrics()
         self._admission = admission
@@ -221,7 +225,7 @@ class ChatService:
         generation: GenerationRequest,
     ) -> Completion:
         model_id = decision.model_id or ""
-        handle = self._handles[model_id].options(method_name="generate")
+        handle = self._generate_handles[model_id]
         self.state.begin(model_id)
         try:
             result: Completion = await handle.remote(generation)
@@ -250,7 +254,7 @@ class ChatService:
                 )
             )
 
-        handle = self._handles[model_id].options(method_name="stream", stream=True)
+        handle = self._stream_handles[model_id]
         self.state.begin(model_id)
         started = time.monotonic()
         first_token_at: float | None = None

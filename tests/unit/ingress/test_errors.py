@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
-from starlette.types import ASGIApp, Message
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope
 
 from serve_app.errors import (
     ContextWindowError,
@@ -26,10 +27,10 @@ from serve_app.errors import (
     PricingError,
     UnknownModelError,
 )
+from serve_app.ingress.asgi import IngressASGI, read_chat_body
 from serve_app.ingress.errors import (
     GENERIC_MESSAGE,
     ApiError,
-    BodySizeLimitMiddleware,
     error_for,
     field_path,
     install_error_handlers,
@@ -165,15 +166,19 @@ DOMAIN_ERRORS: dict[str, Exception] = {
 handled: list[ChatCompletionRequest] = []
 
 
-def make_app() -> FastAPI:
+def make_app() -> IngressASGI:
+    """The ingress's shape: a priced route as plain ASGI, the others in FastAPI."""
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=LIMIT)
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatCompletionRequest) -> dict[str, Any]:
+    async def chat(scope: Scope, receive: Receive) -> Response:
+        body = await read_chat_body(scope, receive, LIMIT)
         handled.append(body)
-        return {"model": body.model, "cap": body.output_cap()}
+        return JSONResponse({"model": body.model, "cap": body.output_cap()})
+
+    async def raise_priced(scope: Scope, receive: Receive) -> Response:
+        name = scope["path"].rsplit("/", 1)[-1]
+        raise DOMAIN_ERRORS[name] if name in DOMAIN_ERRORS else RuntimeError(SECRET)
 
     @app.get("/raise/{name}")
     async def raise_domain(name: str) -> None:
@@ -191,11 +196,13 @@ def make_app() -> FastAPI:
     async def boom() -> None:
         raise RuntimeError(f"database password is {SECRET}")
 
-    return app
+    priced = {("POST", "/v1/chat/completions"): chat}
+    priced |= {("POST", f"/priced/raise/{name}"): raise_priced for name in [*DOMAIN_ERRORS, "boom"]}
+    return IngressASGI(app, priced)
 
 
 @pytest.fixture(scope="module")
-def app() -> FastAPI:
+def app() -> IngressASGI:
     return make_app()
 
 
@@ -229,7 +236,7 @@ INVALID_BODIES: list[tuple[str, dict[str, Any], str, str]] = [
     ("empty model", valid_body(model=""), "model", "at least 1 character"),
     ("missing messages", {"model": "llama-8b"}, "messages", "required"),
     ("empty messages", valid_body(messages=[]), "messages", "at least one message"),
-    ("messages not a list", valid_body(messages="hi"), "messages", "valid list"),
+    ("messages not a list", valid_body(messages="hi"), "messages", "valid array"),
     (
         "bad role",
         valid_body(messages=[{"role": "robot", "content": "hi"}]),
@@ -313,7 +320,7 @@ INVALID_BODIES: list[tuple[str, dict[str, Any], str, str]] = [
     ids=[case[0] for case in INVALID_BODIES],
 )
 def test_invalid_request_is_400_in_openai_shape(
-    app: FastAPI, body: dict[str, Any], param: str, fragment: str
+    app: IngressASGI, body: dict[str, Any], param: str, fragment: str
 ) -> None:
     reply = call(app, "POST", "/v1/chat/completions", json_body=body)
     error = assert_openai_error(reply, 400)
@@ -336,7 +343,9 @@ def test_invalid_request_is_400_in_openai_shape(
         ),
     ],
 )
-def test_unsupported_features_carry_a_code(app: FastAPI, body: dict[str, Any], param: str) -> None:
+def test_unsupported_features_carry_a_code(
+    app: IngressASGI, body: dict[str, Any], param: str
+) -> None:
     error = assert_openai_error(call(app, "POST", "/v1/chat/completions", json_body=body), 400)
     assert error["code"] == "unsupported_parameter"
     assert error["param"] == param
@@ -359,12 +368,12 @@ def test_unsupported_features_carry_a_code(app: FastAPI, body: dict[str, Any], p
         ),
     ],
 )
-def test_accepted_bodies(app: FastAPI, body: dict[str, Any]) -> None:
+def test_accepted_bodies(app: IngressASGI, body: dict[str, Any]) -> None:
     reply = call(app, "POST", "/v1/chat/completions", json_body=body)
     assert reply.status == 200, reply.body
 
 
-def test_several_issues_are_listed_and_the_first_is_the_param(app: FastAPI) -> None:
+def test_several_issues_are_listed_and_the_first_is_the_param(app: IngressASGI) -> None:
     body = valid_body(temperature=9, top_p=9, max_tokens=0)
     error = assert_openai_error(call(app, "POST", "/v1/chat/completions", json_body=body), 400)
     assert error["param"] == "max_tokens"
@@ -372,7 +381,7 @@ def test_several_issues_are_listed_and_the_first_is_the_param(app: FastAPI) -> N
         assert name in error["message"]
 
 
-def test_malformed_json_is_400_invalid_json_body(app: FastAPI) -> None:
+def test_malformed_json_is_400_invalid_json_body(app: IngressASGI) -> None:
     reply = call(
         app,
         "POST",
@@ -385,26 +394,33 @@ def test_malformed_json_is_400_invalid_json_body(app: FastAPI) -> None:
     assert error["type"] == "invalid_request_error"
 
 
-def test_missing_body_is_400(app: FastAPI) -> None:
+def test_missing_body_is_400(app: IngressASGI) -> None:
     reply = call(app, "POST", "/v1/chat/completions", headers={"content-type": "application/json"})
     assert "body is required" in assert_openai_error(reply, 400)["message"]
 
 
-def test_body_that_is_not_an_object_is_400(app: FastAPI) -> None:
+def test_body_that_is_not_an_object_is_400(app: IngressASGI) -> None:
     reply = call(app, "POST", "/v1/chat/completions", json_body=["not", "an", "object"])
     error = assert_openai_error(reply, 400)
     assert error["param"] is None
+    assert error["message"] == "The request body must be a JSON object."
 
 
-def test_non_json_content_type_is_400(app: FastAPI) -> None:
+def test_a_json_body_is_read_whatever_its_content_type(app: IngressASGI) -> None:
     reply = call(
         app,
         "POST",
         "/v1/chat/completions",
-        body=json.dumps(valid_body()).encode(),
-        headers={"content-type": "application/x-www-form-urlencoded"},
+        body=json.dumps(valid_body(max_tokens=3)).encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"},  # as `curl -d` sends
     )
-    assert "application/json" in assert_openai_error(reply, 400)["message"]
+    assert reply.status == 200
+    assert reply.json() == {"model": "llama-8b", "cap": 3}
+
+
+def test_a_body_that_is_not_json_is_400(app: IngressASGI) -> None:
+    reply = call(app, "POST", "/v1/chat/completions", body=b"model=llama-8b")
+    assert assert_openai_error(reply, 400)["message"] == "invalid JSON body"
 
 
 def test_field_path() -> None:
@@ -439,13 +455,14 @@ def test_error_for_maps_domain_errors(name: str, status: int, kind: str, code: s
 
 @pytest.mark.parametrize(("name", "status", "kind", "code"), MAPPING)
 def test_domain_errors_raised_by_an_endpoint_are_answered_in_openai_shape(
-    app: FastAPI, name: str, status: int, kind: str, code: str | None
+    app: IngressASGI, name: str, status: int, kind: str, code: str | None
 ) -> None:
-    reply = call(app, "GET", f"/raise/{name}")
-    error = assert_openai_error(reply, status)
-    assert (error["type"], error["code"]) == (kind, code)
-    assert SECRET not in reply.body.decode()
-    assert reply.raised is None
+    for method, path in [("GET", f"/raise/{name}"), ("POST", f"/priced/raise/{name}")]:
+        reply = call(app, method, path)
+        error = assert_openai_error(reply, status)
+        assert (error["type"], error["code"]) == (kind, code)
+        assert SECRET not in reply.body.decode()
+        assert reply.raised is None
 
 
 def test_client_safe_messages_are_passed_through() -> None:
@@ -480,7 +497,7 @@ def test_error_for_returns_an_api_error_as_is() -> None:
     assert error_for(error) is error
 
 
-def test_unhandled_exception_is_500_without_its_text(app: FastAPI) -> None:
+def test_unhandled_exception_is_500_without_its_text(app: IngressASGI) -> None:
     reply = call(app, "GET", "/boom")
     error = assert_openai_error(reply, 500)
     assert error["type"] == "server_error"
@@ -492,10 +509,23 @@ def test_unhandled_exception_is_500_without_its_text(app: FastAPI) -> None:
     assert isinstance(reply.raised, RuntimeError)  # re-raised for the server to log
 
 
+def test_unhandled_exception_in_a_priced_route_is_500_and_logged(
+    app: IngressASGI, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="serve_app.ingress.errors"):
+        reply = call(app, "POST", "/priced/raise/boom")
+    error = assert_openai_error(reply, 500)
+    assert error["message"] == GENERIC_MESSAGE
+    assert SECRET not in reply.body.decode()
+    assert reply.raised is None
+    assert caplog.records
+    assert caplog.records[0].exc_info is not None
+
+
 # ------------------------------------------------------------------------- helpers
 
 
-def test_unauthorized_never_echoes_the_key(app: FastAPI) -> None:
+def test_unauthorized_never_echoes_the_key(app: IngressASGI) -> None:
     reply = call(app, "GET", "/auth", headers={"authorization": f"Bearer {API_KEY}"})
     error = assert_openai_error(reply, 401)
     assert error["message"] == "Invalid API key"
@@ -503,7 +533,7 @@ def test_unauthorized_never_echoes_the_key(app: FastAPI) -> None:
     assert API_KEY not in reply.body.decode()
 
 
-def test_throttled_is_429_with_integer_retry_after(app: FastAPI) -> None:
+def test_throttled_is_429_with_integer_retry_after(app: IngressASGI) -> None:
     reply = call(app, "GET", "/throttle")
     error = assert_openai_error(reply, 429)
     assert (error["type"], error["code"]) == ("rate_limit_error", "margin_throttled")
@@ -577,19 +607,19 @@ def test_api_error_response_and_sse() -> None:
 # ----------------------------------------------------------------- 404, 405, 413
 
 
-def test_unknown_route_is_404_in_openai_shape(app: FastAPI) -> None:
+def test_unknown_route_is_404_in_openai_shape(app: IngressASGI) -> None:
     error = assert_openai_error(call(app, "GET", "/v1/nope"), 404)
     assert error["type"] == "invalid_request_error"
     assert error["message"] == "Invalid URL (GET /v1/nope)"
 
 
-def test_wrong_method_is_405_in_openai_shape(app: FastAPI) -> None:
+def test_wrong_method_is_405_in_openai_shape(app: IngressASGI) -> None:
     reply = call(app, "GET", "/v1/chat/completions")
     assert_openai_error(reply, 405)
     assert "POST" in reply.headers["allow"]
 
 
-def test_413_from_content_length_without_reading_the_body(app: FastAPI) -> None:
+def test_413_from_content_length_without_reading_the_body(app: IngressASGI) -> None:
     body = json.dumps(valid_body(messages=[{"role": "user", "content": "x" * LIMIT}])).encode()
     handled.clear()
     reply = call(
@@ -605,7 +635,7 @@ def test_413_from_content_length_without_reading_the_body(app: FastAPI) -> None:
     assert not handled
 
 
-def test_413_from_a_chunked_body_counted_as_it_streams(app: FastAPI) -> None:
+def test_413_from_a_chunked_body_counted_as_it_streams(app: IngressASGI) -> None:
     body = json.dumps(valid_body(messages=[{"role": "user", "content": "x" * LIMIT}])).encode()
     chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
     handled.clear()
@@ -623,7 +653,7 @@ def test_413_from_a_chunked_body_counted_as_it_streams(app: FastAPI) -> None:
     assert not handled
 
 
-def test_413_when_the_body_is_longer_than_its_content_length(app: FastAPI) -> None:
+def test_413_when_the_body_is_longer_than_its_content_length(app: IngressASGI) -> None:
     body = json.dumps(valid_body(messages=[{"role": "user", "content": "x" * LIMIT}])).encode()
     reply = call(
         app,
@@ -635,7 +665,7 @@ def test_413_when_the_body_is_longer_than_its_content_length(app: FastAPI) -> No
     assert_openai_error(reply, 413)
 
 
-def test_chunked_body_under_the_limit_passes(app: FastAPI) -> None:
+def test_chunked_body_under_the_limit_passes(app: IngressASGI) -> None:
     body = json.dumps(valid_body(max_tokens=7)).encode()
     reply = call(
         app,
@@ -648,7 +678,7 @@ def test_chunked_body_under_the_limit_passes(app: FastAPI) -> None:
     assert reply.json() == {"model": "llama-8b", "cap": 7}
 
 
-def test_body_exactly_at_the_limit_passes(app: FastAPI) -> None:
+def test_body_exactly_at_the_limit_passes(app: IngressASGI) -> None:
     body = json.dumps(valid_body()).encode()
     padded = body + b" " * (LIMIT - len(body))
     assert len(padded) == LIMIT
@@ -660,8 +690,3 @@ def test_body_exactly_at_the_limit_passes(app: FastAPI) -> None:
         headers={"content-type": "application/json"},
     )
     assert reply.status == 200
-
-
-def test_body_size_limit_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="max_bytes"):
-        BodySizeLimitMiddleware(FastAPI(), max_bytes=0)

@@ -90,7 +90,8 @@ class FakeHandle:
         self.error = error
         self.fail_after = fail_after
         """Stream this many deltas, then raise `error`."""
-        self.options_seen: list[tuple[str, bool]] = []
+        self.calls_seen: list[tuple[str, bool]] = []
+        """(method_name, stream) of each call made through `options(...).remote`."""
         self.requests: list[GenerationRequest] = []
         self.in_flight_seen: list[int] = []
         self.state: ClusterState | None = None
@@ -98,7 +99,6 @@ class FakeHandle:
     def options(self, **kwargs: Any) -> _Call:
         call = _Call(self, kwargs.pop("method_name"), kwargs.pop("stream", False))
         assert not kwargs, f"unexpected handle options: {kwargs}"
-        self.options_seen.append((call.method_name, call.stream))
         return call
 
     def _note(self, request: GenerationRequest) -> None:
@@ -127,6 +127,7 @@ class _Call:
     stream: bool
 
     def remote(self, request: GenerationRequest) -> Any:
+        self.handle.calls_seen.append((self.method_name, self.stream))
         if self.method_name == "stream":
             assert self.stream, "a stream must be asked for with stream=True"
             return self.handle.stream(request)
@@ -250,7 +251,7 @@ def test_chat_returns_the_answer_with_pricing_headers_and_usage() -> None:
 def test_chat_calls_generate_with_the_output_cap() -> None:
     h = _harness()
     _chat(h, _body(max_completion_tokens=40))
-    assert h.handle.options_seen == [("generate", False)]
+    assert h.handle.calls_seen == [("generate", False)]
     (request,) = h.handle.requests
     assert request.max_tokens == 40
     assert request.messages[0].content == "Tell me about GPUs."
@@ -367,7 +368,7 @@ def test_stream_sends_role_text_finish_then_usage_with_rtcts_then_done() -> None
     assert last["rtcts"]["model"] == MODEL
     assert last["rtcts"]["decision"] == "allow"
     assert {c["id"] for c in chunks} == {"chatcmpl-" + response.headers["x-request-id"]}
-    assert h.handle.options_seen == [("stream", True)]
+    assert h.handle.calls_seen == [("stream", True)]
 
 
 def test_stream_without_include_usage_still_ends_with_the_rtcts_object() -> None:
