@@ -65,6 +65,7 @@ class ModelBase:
     failure_rate: float
     mean_service_s: float | None
     available: bool
+    running_service_s: float | None = None
 
 
 def build_snapshot(
@@ -100,6 +101,7 @@ def model_bases(
         deployment = None if deployments is None else deployments.get(model_id)
         replicas = _replicas(reported, deployment, bounds.cold_start_s, now)
         services = [r.mean_service_s for r in reported.values() if r.mean_service_s]
+        running = [r.running_service_s for r in reported.values() if r.running_service_s]
         failures = [r.failure_rate for r in reported.values()]
         bases[model_id] = ModelBase(
             replicas=tuple(r.frozen() for r in replicas),
@@ -107,13 +109,17 @@ def model_bases(
             failure_rate=sum(failures) / len(failures) if failures else 0.0,
             mean_service_s=sum(services) / len(services) if services else None,
             available=deployment is None or deployment.status not in UNAVAILABLE_STATUSES,
+            running_service_s=sum(running) / len(running) if running else None,
         )
     return bases
 
 
-def model_load(base: ModelBase, bounds: Scaling, in_flight: int) -> ModelLoad:
-    """One model's `ModelLoad`: its base with this ingress's in-flight count applied
-    (anticipated scale-up, requests beyond the reports queued on the least loaded)."""
+def model_load(
+    base: ModelBase, bounds: Scaling, in_flight: int, in_flight_s: float = 0.0
+) -> ModelLoad:
+    """One model's `ModelLoad`: its base with this ingress's in-flight requests applied
+    (anticipated scale-up, requests beyond the reports queued on the least loaded, and
+    their predicted service seconds `in_flight_s` in the mean service time)."""
     reported_load = sum(r.running + r.queued for r in base.replicas)
     ongoing = max(in_flight, reported_load)
     wanted = min(
@@ -131,9 +137,33 @@ def model_load(base: ModelBase, bounds: Scaling, in_flight: int) -> ModelLoad:
     return ModelLoad(
         replicas=replicas,
         failure_rate=base.failure_rate,
-        mean_service_s=base.mean_service_s,
+        mean_service_s=_mean_service_s(base, in_flight, in_flight_s, ongoing),
         available=base.available,
     )
+
+
+def _mean_service_s(
+    base: ModelBase, in_flight: int, in_flight_s: float, ongoing: int
+) -> float | None:
+    """Mean service time of the `ongoing` requests on a model.
+
+    This ingress's in-flight requests count at their predicted durations, or at what
+    the replicas' running requests show (twice their mean age) when that is longer,
+    so requests that outrun their prediction raise it as they run. The others count
+    at the replicas' measured mean. The measured mean alone can be far off: it
+    includes the recent past, so a burst of short requests after long ones would be
+    priced as if each were long (and throttled for a queue wait that does not come).
+    """
+    measured_s = base.mean_service_s
+    if in_flight <= 0 or in_flight_s <= 0:
+        return measured_s
+    mine_s = in_flight_s / in_flight
+    if base.running_service_s is not None and base.running_service_s > mine_s:
+        mine_s = base.running_service_s
+    others = ongoing - in_flight
+    if measured_s is None or others <= 0:
+        return mine_s
+    return (in_flight * mine_s + others * measured_s) / ongoing
 
 
 def _replicas(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -51,6 +51,8 @@ class ClusterState:
         self._reports: list[ReplicaReport] = []
         self._deployments: dict[str, DeploymentInfo] | None = None
         self._in_flight: Counter[str] = Counter()
+        self._in_flight_s: defaultdict[str, float] = defaultdict(float)
+        """Per model, the predicted service seconds of this ingress's in-flight requests."""
         self._cached: ClusterSnapshot | None = None
         self._bases: dict[str, ModelBase] | None = None
         """Per model, its load without the in-flight count, as of the last refresh."""
@@ -90,14 +92,20 @@ class ClusterState:
         if self._on_replicas is not None:
             self._on_replicas(self.snapshot())
 
-    def begin(self, model_id: str) -> None:
-        """A request was sent to `model_id` (exact, immediate)."""
+    def begin(self, model_id: str, service_s: float = 0.0) -> None:
+        """A request was sent to `model_id` (exact, immediate); `service_s` is how long
+        it is predicted to hold a batch slot (`full_batch_service_s`), 0 if unknown."""
         self._in_flight[model_id] += 1
+        self._in_flight_s[model_id] += service_s
         self._in_flight_changed(model_id, self._in_flight[model_id])
 
-    def end(self, model_id: str) -> None:
-        """A request to `model_id` finished, however it ended."""
+    def end(self, model_id: str, service_s: float = 0.0) -> None:
+        """A request to `model_id` finished, however it ended (`service_s` as given to
+        `begin`)."""
         self._in_flight[model_id] -= 1
+        self._in_flight_s[model_id] -= service_s
+        if not self._in_flight[model_id]:
+            self._in_flight_s[model_id] = 0.0  # no float residue once nothing is in flight
         self._in_flight_changed(model_id, self._in_flight[model_id] + 1)
 
     def _in_flight_changed(self, model_id: str, highest: int) -> None:
@@ -122,7 +130,12 @@ class ClusterState:
             stale = self._stale & self._scaling.keys()
         for model_id in stale:
             in_flight = self._in_flight[model_id]
-            load = model_load(self._bases[model_id], self._scaling[model_id], in_flight)
+            load = model_load(
+                self._bases[model_id],
+                self._scaling[model_id],
+                in_flight,
+                self._in_flight_s[model_id],
+            )
             self._loads[model_id] = load
             total = sum(r.running + r.queued for r in load.replicas)
             # total = max(reported, in_flight): exact only when in_flight is below it.
@@ -148,6 +161,7 @@ class ClusterState:
                 "running_replicas": deployment.running if deployment else None,
                 "starting_replicas": deployment.starting if deployment else None,
                 "in_flight_here": self._in_flight[model_id],
+                "in_flight_service_s": round(self._in_flight_s[model_id], 6),
                 "replicas": [
                     {
                         "replica_id": r.replica_id,

@@ -48,6 +48,7 @@ from serve_app.policy import LoadedPolicy, Tenant, hash_api_key
 from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide, quote
 from serve_app.pricing.billing import Bill, bill
 from serve_app.pricing.book import usd_to_micro
+from serve_app.pricing.cost import full_batch_service_s
 from serve_app.pricing.types import CandidateQuote
 from serve_app.telemetry import Metrics, NoMetrics, span_attributes, tracer, tracing
 
@@ -194,16 +195,21 @@ class ChatService:
             stop=body.stop_sequences(),
             seed=body.seed,
         )
+        chosen = decision.chosen
+        # How long it will hold a batch slot, for the queue wait of those behind it.
+        service_s = full_batch_service_s(
+            model, chosen.input_tokens, min(chosen.predicted_output_tokens, output_cap)
+        )
         headers = quote_headers(decision)
         if own_id:
             headers["x-request-id"] = request_id
         if body.stream:
             return StreamingResponse(
-                self._stream(tenant, body, decision, generation),
+                self._stream(tenant, body, decision, generation, service_s),
                 media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache"},
             )
-        completion = await self._generate(tenant, body, decision, generation)
+        completion = await self._generate(tenant, body, decision, generation, service_s)
         verified = Served(
             completion.input_tokens, completion.output_tokens, completion.ttft_s, completion.total_s
         )
@@ -223,10 +229,11 @@ class ChatService:
         body: ChatCompletionRequest,
         decision: Decision,
         generation: GenerationRequest,
+        service_s: float,
     ) -> Completion:
         model_id = decision.model_id or ""
         handle = self._generate_handles[model_id]
-        self.state.begin(model_id)
+        self.state.begin(model_id, service_s)
         try:
             result: Completion = await handle.remote(generation)
             return result
@@ -234,7 +241,7 @@ class ChatService:
             self._fail(tenant, body, decision, generation.request_id, exc)
             raise _served_error(exc) from None
         finally:
-            self.state.end(model_id)
+            self.state.end(model_id, service_s)
 
     async def _stream(
         self,
@@ -242,6 +249,7 @@ class ChatService:
         body: ChatCompletionRequest,
         decision: Decision,
         generation: GenerationRequest,
+        service_s: float,
     ) -> AsyncIterator[bytes]:
         model_id = decision.model_id or ""
         request_id = generation.request_id
@@ -255,7 +263,7 @@ class ChatService:
             )
 
         handle = self._stream_handles[model_id]
-        self.state.begin(model_id)
+        self.state.begin(model_id, service_s)
         started = time.monotonic()
         first_token_at: float | None = None
         last: Delta | None = None
@@ -281,7 +289,7 @@ class ChatService:
                 return
             raise
         finally:
-            self.state.end(model_id)
+            self.state.end(model_id, service_s)
         ended = time.monotonic()
         verified = Served(
             last.input_tokens or 0,

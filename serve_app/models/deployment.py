@@ -21,7 +21,11 @@ from serve_app.cluster.registry import get_or_create_registry
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.models.backend import Backend, Completion, Delta, GenerationRequest
 from serve_app.models.simulated import DEFAULT_NATURAL_OUTPUT_TOKENS, SimulatedLLM
-from serve_app.models.stats import ServiceStats, service_time_estimate
+from serve_app.models.stats import (
+    ServiceStats,
+    running_service_estimate,
+    service_time_estimate,
+)
 from serve_app.models.upstream import OpenAIUpstream
 from serve_app.policy.schema import BackendKind, ModelSpec
 from serve_app.pricing.book import ModelProfile
@@ -133,9 +137,9 @@ class ModelServer:
             elapsed = (time.monotonic() - self._created) / scale
             start_remaining = max(0.0, self._spec.cold_start_s - elapsed)
         now = time.monotonic()
-        service_s = service_time_estimate(
-            self._stats.mean_service_s, [now - t for t in self._running.values()]
-        )
+        ages = [now - t for t in self._running.values()]
+        service_s = service_time_estimate(self._stats.mean_service_s, ages)
+        running_s = running_service_estimate(ages)
         self._registry.report.remote(
             ReplicaReport(
                 model_id=self._spec.id,
@@ -148,5 +152,6 @@ class ModelServer:
                 mean_service_s=None if service_s is None else service_s / scale,
                 failure_rate=self._stats.failure_rate,
                 kv_cache_usage=load.kv_cache_usage,
+                running_service_s=None if running_s is None else running_s / scale,
             )
         )

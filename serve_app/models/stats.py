@@ -36,9 +36,14 @@ def service_time_estimate(
     estimates the mean duration. The larger of the two wins, so a batch of long
     requests shows up within a fraction of a second, before any of them completes.
     """
-    running_s = 2 * sum(running_ages_s) / len(running_ages_s) if running_ages_s else None
+    running_s = running_service_estimate(running_ages_s)
     if completed_mean_s is None:
         return running_s
     if running_s is None:
         return completed_mean_s
     return max(completed_mean_s, running_s)
+
+
+def running_service_estimate(running_ages_s: list[float]) -> float | None:
+    """Twice the mean age of the running requests (None when none runs)."""
+    return 2 * sum(running_ages_s) / len(running_ages_s) if running_ages_s else None

@@ -67,7 +67,7 @@ def estimate(
             r_wait, r_batch = r_start, ahead
         else:
             if slot_s < 0:
-                slot_s = _slot_release_s(model, load, prefill_s, output_tokens)
+                slot_s = _slot_release_s(model, load, input_tokens, output_tokens)
             r_wait, r_batch = r_start + (ahead - max_batch + 1) * slot_s, max_batch - 1
         total = r_wait + prefill_s + output_tokens * (1.0 + alpha * r_batch) / r1
         if best_total < 0 or total < best_total:
@@ -106,16 +106,24 @@ def estimate(
 
 
 def _slot_release_s(
-    model: ModelProfile, load: ModelLoad, prefill_s: float, output_tokens: int
+    model: ModelProfile, load: ModelLoad, input_tokens: int, output_tokens: int
 ) -> float:
     """Mean seconds between two batch slots freeing on a full replica.
 
-    A full batch of B sequences frees B slots per mean service time. The measured
-    mean is used when the live state has one; else this request's own duration at a
-    full batch stands in for it.
+    A full batch of B sequences frees B slots per mean service time. The live state's
+    mean is used when it has one (the requests this ingress has in flight, at their
+    predicted durations, and the replicas' measured mean for the rest); else this
+    request's own duration at a full batch stands in for it.
     """
     service_s = load.mean_service_s
     if service_s is None or service_s <= 0:
-        max_batch = model.max_concurrent_sequences
-        service_s = prefill_s + output_tokens * model.tpot_s(max_batch)
+        service_s = full_batch_service_s(model, input_tokens, output_tokens)
     return service_s / model.max_concurrent_sequences
+
+
+def full_batch_service_s(model: ModelProfile, input_tokens: int, output_tokens: int) -> float:
+    """Seconds a request holds a batch slot on a full replica (prefill, then its tokens
+    at the full batch's per-token time): what one request ahead in a queue costs."""
+    return input_tokens / model.prefill_tokens_per_s + output_tokens * model.tpot_s(
+        model.max_concurrent_sequences
+    )

@@ -38,7 +38,9 @@ class ModelLoad:
     available: bool = True
     """False when the deployment cannot take requests at all (unhealthy, being deleted)."""
     mean_service_s: float | None = None
-    """Recent mean duration of a request on this model; None until measured."""
+    """Mean duration of the requests on this model now: this ingress's in-flight ones at
+    their predicted durations, the rest at the replicas' measured recent mean; None
+    when neither is known."""
 
 
 NO_REPLICAS = ModelLoad()

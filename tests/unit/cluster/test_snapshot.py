@@ -8,7 +8,7 @@ import pytest
 
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo, ReplicaInfo
-from serve_app.cluster.snapshot import Scaling, build_snapshot
+from serve_app.cluster.snapshot import Scaling, build_snapshot, model_bases, model_load
 from serve_app.pricing.types import ClusterSnapshot, ModelLoad, ReplicaLoad
 
 NOW = 1_000.0
@@ -34,6 +34,7 @@ def _report(
     age_s: float = 0.0,
     mean_service_s: float | None = None,
     failure_rate: float = 0.0,
+    running_service_s: float | None = None,
 ) -> ReplicaReport:
     return ReplicaReport(
         model_id=model_id,
@@ -45,6 +46,7 @@ def _report(
         reported_at=NOW - age_s,
         mean_service_s=mean_service_s,
         failure_rate=failure_rate,
+        running_service_s=running_service_s,
     )
 
 
@@ -245,6 +247,48 @@ def test_failure_rate_and_mean_service_are_averaged_over_reports() -> None:
 def test_without_reports_failure_rate_is_zero_and_service_time_unknown() -> None:
     load = _load(deployments=_deployment(ReplicaInfo("a", "RUNNING", NOW - 100)))
     assert (load.failure_rate, load.mean_service_s) == (0.0, None)
+
+
+def _mean_with_in_flight(
+    in_flight: int,
+    in_flight_s: float,
+    reported: int,
+    measured_s: float | None,
+    running_s: float | None = None,
+) -> float | None:
+    reports = [
+        _report("a", running=reported, mean_service_s=measured_s, running_service_s=running_s)
+    ]
+    base = model_bases(_scaling(), reports, None, NOW)["m"]
+    return model_load(base, _scaling()["m"], in_flight, in_flight_s).mean_service_s
+
+
+def test_in_flight_requests_count_at_their_predicted_service_time() -> None:
+    # A burst of short requests (0.01 s each) after long ones (measured mean 8 s): the
+    # requests actually ahead are the short ones this ingress sent.
+    assert _mean_with_in_flight(20, 20 * 0.01, 4, 8.0) == pytest.approx(0.01)
+    # Before any measurement, the predictions alone.
+    assert _mean_with_in_flight(3, 3 * 0.5, 0, None) == pytest.approx(0.5)
+
+
+def test_requests_of_other_ingresses_count_at_the_measured_mean() -> None:
+    # 2 of the 10 reported ongoing requests are this ingress's (0.1 s each); the other 8
+    # are unknown here and count at the replicas' measured 2 s.
+    assert _mean_with_in_flight(2, 0.2, 10, 2.0) == pytest.approx((0.2 + 8 * 2.0) / 10)
+
+
+def test_in_flight_requests_that_outrun_their_prediction_count_at_what_runs() -> None:
+    # Predicted 0.05 s each, but the replica's running requests are 3 s old on average:
+    # they count at 6 s, so the queue behind them grows as they run.
+    assert _mean_with_in_flight(6, 6 * 0.05, 4, 0.5, running_s=6.0) == pytest.approx(6.0)
+    # A shorter running estimate does not lower the prediction.
+    assert _mean_with_in_flight(6, 6 * 0.05, 4, 0.5, running_s=0.01) == pytest.approx(0.05)
+
+
+def test_without_predictions_the_measured_mean_stands() -> None:
+    assert _mean_with_in_flight(0, 0.0, 4, 8.0) == 8.0
+    assert _mean_with_in_flight(5, 0.0, 4, 8.0) == 8.0  # in flight, service unknown
+    assert _mean_with_in_flight(0, 0.0, 0, None) is None
 
 
 def test_reports_of_replicas_the_controller_says_are_gone_do_not_count() -> None:

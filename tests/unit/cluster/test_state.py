@@ -235,6 +235,7 @@ def test_view_shape_before_any_refresh() -> None:
             "running_replicas": None,
             "starting_replicas": None,
             "in_flight_here": 0,
+            "in_flight_service_s": 0,
             "replicas": [],
         }
         for model in ("m", "z")
@@ -255,6 +256,7 @@ def test_view_shape_after_refreshes() -> None:
         "running_replicas": 1,
         "starting_replicas": 1,
         "in_flight_here": 1,
+        "in_flight_service_s": 0,
     }
     assert [r["replica_id"] for r in view["replicas"]] == ["a", "b"]  # sorted
     assert view["replicas"][0] == {
@@ -285,6 +287,18 @@ def test_in_flight_below_the_reported_load_keeps_the_cached_snapshot() -> None:
     state.begin("m")
     state.begin("m")  # 4 > 3: news the replicas have not reported yet
     assert state.snapshot() is not before
+
+
+def test_in_flight_service_times_enter_the_mean_and_leave_with_their_requests() -> None:
+    state, *_ = _state()
+    asyncio.run(state.refresh_load())
+    assert state.snapshot().load("m").mean_service_s == 1.5  # measured (3 reported ongoing)
+    for _ in range(6):  # 6 > 3: all ongoing requests are this ingress's, 0.1 s each
+        state.begin("m", 0.1)
+    assert state.snapshot().load("m").mean_service_s == pytest.approx(0.1)
+    for _ in range(6):
+        state.end("m", 0.1)
+    assert state.snapshot().load("m").mean_service_s == 1.5
 
 
 def test_snapshot_after_begins_and_ends_equals_a_full_rebuild() -> None:

@@ -94,6 +94,7 @@ class FakeHandle:
         """(method_name, stream) of each call made through `options(...).remote`."""
         self.requests: list[GenerationRequest] = []
         self.in_flight_seen: list[int] = []
+        self.in_flight_service_seen: list[float] = []
         self.state: ClusterState | None = None
 
     def options(self, **kwargs: Any) -> _Call:
@@ -105,6 +106,7 @@ class FakeHandle:
         self.requests.append(request)
         if self.state is not None:
             self.in_flight_seen.append(_in_flight(self.state))
+            self.in_flight_service_seen.append(self.state.view()[MODEL]["in_flight_service_s"])
 
     async def generate(self, request: GenerationRequest) -> Completion:
         self._note(request)
@@ -295,6 +297,23 @@ def test_in_flight_is_counted_during_the_call_and_back_to_zero_after_success() -
     _chat(h, _body())
     assert h.handle.in_flight_seen == [1]
     assert _in_flight(h.state) == 0
+
+
+def test_an_in_flight_request_holds_its_predicted_slot_time_for_the_queue_behind_it() -> None:
+    from serve_app.pricing.cost import full_batch_service_s
+
+    h = _harness()
+    body = _body(max_completion_tokens=40)
+    _, decision = h.service.decide(h.tenant(), body)
+    chosen = decision.chosen
+    assert chosen is not None
+    model = h.service.book.models[chosen.model_id]
+    expected = full_batch_service_s(
+        model, chosen.input_tokens, min(chosen.predicted_output_tokens, 40)
+    )
+    _chat(h, body)
+    assert h.handle.in_flight_service_seen == [pytest.approx(expected, abs=1e-6)]
+    assert h.state.view()[MODEL]["in_flight_service_s"] == 0
 
 
 def test_served_output_feeds_the_next_prediction() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.models.stats import ServiceStats, service_time_estimate
+from serve_app.models.stats import ServiceStats, running_service_estimate, service_time_estimate
 
 
 def test_no_outcomes_yet() -> None:
@@ -65,3 +65,8 @@ def test_service_time_estimate_from_running_requests_is_twice_their_mean_age() -
 def test_service_time_estimate_takes_the_larger_of_the_two() -> None:
     assert service_time_estimate(10.0, [1.0, 3.0]) == 10.0
     assert service_time_estimate(1.0, [5.0, 7.0]) == pytest.approx(12.0)
+
+
+def test_running_service_estimate_is_twice_the_mean_age_of_what_runs() -> None:
+    assert running_service_estimate([1.0, 2.0, 3.0]) == 4.0
+    assert running_service_estimate([]) is None
