@@ -837,20 +837,31 @@ def default_phase(args: argparse.Namespace, log: Callable[[str], None]) -> dict[
 
 
 def run_default_subprocess(args: argparse.Namespace) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-    env[FAST_ENV] = "0"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "default.json"
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            *("--phase", "default-plain", "--out", str(out), "--client", args.client),
+    return run_phase_subprocess(
+        Path(__file__),
+        [
+            *("--phase", "default-plain", "--client", args.client),
             *("--duration", str(args.duration), "--repeats", str(args.repeats)),
             *("--warmup", str(args.warmup), "--idle", str(args.idle)),
             *("--concurrency", *(str(c) for c in args.concurrency)),
             *(["--quiet"] if args.quiet else []),
-        ]
-        subprocess.run(command, env=env, check=True)
+        ],
+        {FAST_ENV: "0"},
+    )
+
+
+def run_phase_subprocess(
+    script: Path, argv: Sequence[str], env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run `script argv --out FILE` with Serve's settings cleared from the environment
+    (Serve reads them when its processes start; `env` sets some again) and return the
+    JSON the phase wrote to FILE."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    child_env.update(env or {})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "phase.json"
+        command = [sys.executable, str(script.resolve()), *argv, "--out", str(out)]
+        subprocess.run(command, env=child_env, check=True)
         result: dict[str, Any] = json.loads(out.read_text())
         return result
 

@@ -28,9 +28,7 @@ A benchmark, not a test: it always exits 0. Ray never gets port 6379.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,19 +91,14 @@ def log(message: str) -> None:
 
 
 def run_subprocess(phase: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / f"{phase}.json"
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            *("--phase", phase, "--out", str(out)),
+    return bench.run_phase_subprocess(
+        Path(__file__),
+        [
+            *("--phase", phase),
             *("--duration", str(args.duration), "--repeats", str(args.repeats)),
             *("--concurrency", *(str(c) for c in args.concurrency)),
-        ]
-        subprocess.run(command, env=env, check=True)
-        result: dict[str, Any] = json.loads(out.read_text())
-        return result
+        ],
+    )
 
 
 def report(cells: list[dict[str, Any]], concurrencies: Sequence[int]) -> str:

@@ -76,3 +76,23 @@ def blackhole_port() -> Iterator[int]:
         for conn in accepted:
             conn.close()
         server.close()
+
+
+def http_scope(
+    method: str, path: str, headers: list[tuple[bytes, bytes]], root_path: str = ""
+) -> dict[str, Any]:
+    """An ASGI HTTP scope, as a server gives it to the app (header names lowercase)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": root_path,
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }

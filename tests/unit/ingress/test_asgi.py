@@ -20,6 +20,7 @@ from serve_app.ingress.asgi import (
     route_path,
 )
 from serve_app.ingress.errors import ApiError
+from tests.factories import http_scope
 
 ran: list[str] = []
 
@@ -41,20 +42,8 @@ def make_app() -> IngressASGI:
 
 
 def scope_of(method: str, path: str, root_path: str = "", **headers: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": root_path,
-        "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    pairs = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+    return http_scope(method, path, pairs, root_path)
 
 
 def run(app: IngressASGI, scope: dict[str, Any], messages: list[Message]) -> list[Message]:

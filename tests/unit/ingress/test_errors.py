@@ -44,6 +44,7 @@ from serve_app.ingress.errors import (
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.models.backend import BackendError, BackendUnavailable, GenerationFailed
 from serve_app.pricing.types import Reason
+from tests.factories import http_scope
 
 LIMIT = 4096
 SECRET = "s3cr3t-internal-detail"
@@ -97,20 +98,9 @@ def call(
 async def _call(
     app: ASGIApp, method: str, path: str, pieces: list[bytes], headers: dict[str, str]
 ) -> Reply:
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(
+        method, path, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    )
     messages: list[Message] = [
         {"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1}
         for i, piece in enumerate(pieces)
