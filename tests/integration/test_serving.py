@@ -239,7 +239,7 @@ def test_a_burst_of_short_requests_after_long_ones_is_priced_for_its_own_length(
                         json=chat_body("small", max_tokens=20),
                         headers=auth("strict"),  # no other model: a wrong queue wait throttles
                     )
-                    for _ in range(16)
+                    for _ in range(12)
                 )
             )
 
