@@ -22,11 +22,10 @@ class ReplicaReport:
     start_remaining_s: float
     reported_at: float
     mean_service_s: float | None = None
-    """Mean request duration to expect now (`replica_service_estimate`: the mean
-    predicted slot time of the requests it holds, or twice their mean age when longer;
-    with none predicted, the larger of recent completions and that age estimate)."""
+    """Mean request duration to expect now (`service_time_estimate`: the larger of the
+    recent completed mean and what the running requests' ages imply)."""
     failure_rate: float = 0.0
     kv_cache_usage: float | None = None
     running_service_s: float | None = None
-    """What the requests the replica holds now imply, without its past: twice their
-    mean age; None when it holds nothing."""
+    """The running requests' part of `mean_service_s` alone (twice their mean age):
+    what is running now, without the past; None when nothing runs."""

@@ -148,8 +148,8 @@ def _mean_service_s(
     """Mean service time of the `ongoing` requests on a model.
 
     This ingress's in-flight requests count at their predicted durations, or at what
-    the replicas' held requests imply (`running_service_s`, twice their mean age) when
-    that is longer, so requests that outrun their prediction raise it as they run. The others count
+    the replicas' running requests show (twice their mean age) when that is longer,
+    so requests that outrun their prediction raise it as they run. The others count
     at the replicas' measured mean. The measured mean alone can be far off: it
     includes the recent past, so a burst of short requests after long ones would be
     priced as if each were long (and throttled for a queue wait that does not come).

@@ -186,11 +186,6 @@ class ChatService:
             model.max_output_tokens,
             max(1, model.context_window_tokens - price_request.input_tokens),
         )
-        chosen = decision.chosen
-        # How long it will hold a batch slot, for the queue wait of those behind it.
-        service_s = full_batch_service_s(
-            model, chosen.input_tokens, min(chosen.predicted_output_tokens, output_cap)
-        )
         generation = GenerationRequest(
             request_id=request_id,
             messages=body.to_messages(),
@@ -199,7 +194,11 @@ class ChatService:
             top_p=body.top_p,
             stop=body.stop_sequences(),
             seed=body.seed,
-            expected_service_s=service_s,
+        )
+        chosen = decision.chosen
+        # How long it will hold a batch slot, for the queue wait of those behind it.
+        service_s = full_batch_service_s(
+            model, chosen.input_tokens, min(chosen.predicted_output_tokens, output_cap)
         )
         headers = quote_headers(decision)
         if own_id:

@@ -38,9 +38,6 @@ class GenerationRequest:
     seed: int | None = None
     upstream_model: str | None = None
     """Model name to send to an upstream server, when it differs from the rtcts id."""
-    expected_service_s: float | None = None
-    """How long the ingress predicts the request holds a batch slot (policy seconds), for
-    the replica's load reports; None when unknown. Backends ignore it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from serve_app.models.backend import Backend, Completion, Delta, GenerationReque
 from serve_app.models.simulated import DEFAULT_NATURAL_OUTPUT_TOKENS, SimulatedLLM
 from serve_app.models.stats import (
     ServiceStats,
-    replica_service_estimate,
     running_service_estimate,
+    service_time_estimate,
 )
 from serve_app.models.upstream import OpenAIUpstream
 from serve_app.policy.schema import BackendKind, ModelSpec
@@ -74,9 +74,8 @@ class ModelServer:
         self._created = time.monotonic()
         self._warm = False
         self._stats = ServiceStats()
-        self._running: dict[str, tuple[float, float | None]] = {}
-        """Per request in this replica (by id): its start time and the slot time the
-        ingress predicted for it (policy seconds, None if not given)."""
+        self._running: dict[str, float] = {}
+        """Start time of each request in this replica, by request id."""
         self._registry = get_or_create_registry()
         self._period_s = report_period_s
         self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
@@ -86,7 +85,7 @@ class ModelServer:
 
     async def generate(self, request: GenerationRequest) -> Completion:
         started = time.monotonic()
-        self._running[request.request_id] = (started, request.expected_service_s)
+        self._running[request.request_id] = started
         try:
             completion = await self._backend.generate(request)
         except BaseException:
@@ -99,7 +98,7 @@ class ModelServer:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         started = time.monotonic()
-        self._running[request.request_id] = (started, request.expected_service_s)
+        self._running[request.request_id] = started
         ok = False
         try:
             async for delta in self._backend.stream(request):
@@ -138,13 +137,8 @@ class ModelServer:
             elapsed = (time.monotonic() - self._created) / scale
             start_remaining = max(0.0, self._spec.cold_start_s - elapsed)
         now = time.monotonic()
-        ages = [now - started for started, _ in self._running.values()]
-        predicted = [  # in the replica's seconds, as the ages and completions
-            expected * self._time_scale
-            for _, expected in self._running.values()
-            if expected is not None
-        ]
-        service_s = replica_service_estimate(self._stats.mean_service_s, ages, predicted)
+        ages = [now - t for t in self._running.values()]
+        service_s = service_time_estimate(self._stats.mean_service_s, ages)
         running_s = running_service_estimate(ages)
         self._registry.report.remote(
             ReplicaReport(

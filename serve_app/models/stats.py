@@ -47,21 +47,3 @@ def service_time_estimate(
 def running_service_estimate(running_ages_s: list[float]) -> float | None:
     """Twice the mean age of the running requests (None when none runs)."""
     return 2 * sum(running_ages_s) / len(running_ages_s) if running_ages_s else None
-
-
-def replica_service_estimate(
-    completed_mean_s: float | None, running_ages_s: list[float], predicted_s: list[float]
-) -> float | None:
-    """Mean request duration to expect on a replica now, for its load reports.
-
-    While it holds requests whose slot time the ingress predicted, their mean, or twice
-    the mean age of what it holds when that is longer (requests that outrun their
-    prediction): what the replica holds now, not its past, so a burst of short requests
-    after long ones is not priced at the long ones' durations. Else
-    `service_time_estimate` (recent completions and running ages).
-    """
-    if not predicted_s:
-        return service_time_estimate(completed_mean_s, running_ages_s)
-    predicted = sum(predicted_s) / len(predicted_s)
-    running = running_service_estimate(running_ages_s)
-    return predicted if running is None or running < predicted else running

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.models.stats import (
-    ServiceStats,
-    replica_service_estimate,
-    running_service_estimate,
-    service_time_estimate,
-)
+from serve_app.models.stats import ServiceStats, running_service_estimate, service_time_estimate
 
 
 def test_no_outcomes_yet() -> None:
@@ -75,17 +70,3 @@ def test_service_time_estimate_takes_the_larger_of_the_two() -> None:
 def test_running_service_estimate_is_twice_the_mean_age_of_what_runs() -> None:
     assert running_service_estimate([1.0, 2.0, 3.0]) == 4.0
     assert running_service_estimate([]) is None
-
-
-def test_replica_estimate_is_what_it_holds_not_its_past() -> None:
-    # Completions were long (8 s); it now holds short requests predicted at 0.1-0.3 s.
-    assert replica_service_estimate(8.0, [0.05, 0.1], [0.1, 0.3]) == pytest.approx(0.2)
-
-
-def test_replica_estimate_follows_requests_that_outrun_their_prediction() -> None:
-    assert replica_service_estimate(None, [2.0, 4.0], [0.1, 0.1]) == 6.0
-
-
-def test_replica_estimate_without_predictions_is_the_service_time_estimate() -> None:
-    assert replica_service_estimate(8.0, [1.0], []) == service_time_estimate(8.0, [1.0])
-    assert replica_service_estimate(None, [], []) is None
