@@ -305,8 +305,6 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
     if first.get("type") == "json_invalid":
         return ApiError(400, "invalid JSON body")
     if loc in {("body",), ()}:  # the body itself, not one of its fields
-        if first.get("type") == "missing":
-            return ApiError(400, "A JSON request body is required.")
         return ApiError(400, "The request body must be a JSON object.")
     issues = []
     for error in errors[:_MAX_LISTED_ISSUES]:
