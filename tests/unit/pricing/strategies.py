@@ -24,7 +24,8 @@ def model_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
     rate_1 = draw(st.floats(5, 120))
     max_batch = draw(st.integers(1, 256))
     saturation = draw(st.floats(0.0, 1.0))
-    rate_max = rate_1 + saturation * (rate_1 * max_batch - rate_1)
+    # Clamped: rate_1 + 1.0 * (rate_1 * B - rate_1) can round above rate_1 * B.
+    rate_max = min(rate_1 * max_batch, rate_1 + saturation * (rate_1 * max_batch - rate_1))
     window = draw(st.sampled_from([2048, 8192, 32768]))
     return {
         "id": f"m{index}",
