@@ -25,9 +25,8 @@ from typing import Any, Protocol
 
 import ray
 
-from serve_app.metering.emulator import EMULATOR_API_KEY
 from serve_app.metering.ledger import MeterLedger
-from serve_app.metering.stripe_sink import StripeSink, backoff_s
+from serve_app.metering.stripe_sink import LOCAL_TEST_KEY, StripeSink, backoff_s
 from serve_app.metering.types import (
     METER_EVENTS,
     OutboxEntry,
@@ -187,7 +186,7 @@ def stripe_sink_for(api_base: str | None, mode: str = "v1") -> StripeSink:
     from serve_app.settings import Settings
 
     api_key = Settings.from_env().stripe_api_key
-    return StripeSink.connect(api_key or EMULATOR_API_KEY, api_base, mode=mode)
+    return StripeSink.connect(api_key or LOCAL_TEST_KEY, api_base, mode=mode)
 
 
 async def make_sink(config: AggregatorConfig) -> Sink | None:

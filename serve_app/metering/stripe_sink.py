@@ -78,6 +78,9 @@ DUPLICATE_MESSAGE = re.compile(r"already exists with identifier|duplicate identi
 _KEY_SHAPE = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[0-9A-Za-z_]+")
 REDACTED = "[redacted]"
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+LOCAL_TEST_KEY = "sk_test_rtcts_emulator"
+"""The key sent to a Stripe-compatible local server when no STRIPE_API_KEY is set (the
+bundled emulator accepts any test key)."""
 
 
 def redact(text: str, secret: str | None = None) -> str:

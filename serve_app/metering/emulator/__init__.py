@@ -79,8 +79,9 @@ from serve_app.metering.emulator.state import (
     EmulatorState,
     Faults,
 )
+from serve_app.metering.stripe_sink import LOCAL_TEST_KEY
 
-EMULATOR_API_KEY = "sk_test_rtcts_emulator"
+EMULATOR_API_KEY = LOCAL_TEST_KEY
 """A key the emulator accepts (any `sk_test_...` or `rk_test_...` works)."""
 
 __all__ = [
