@@ -2,7 +2,8 @@
 
 `parse_metrics` reads the Prometheus text exposition format (and the OpenMetrics text
 that extends it) into one number per metric name, summed over label sets: a server
-that labels its gauges by model or engine still reports one queue length.
+that labels its gauges by model or engine still reports one queue length. The
+parsing itself is `prometheus_client`'s (a dependency of Ray).
 `vllm_load` picks the batch, the queue and the KV cache usage out of those numbers,
 knowing the names vLLM, TGI, SGLang and llama.cpp's server use.
 
@@ -12,9 +13,10 @@ Both are pure functions of text; the upstream backend (`upstream.py`) polls the 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "MetricsParseError",
@@ -24,11 +26,6 @@ __all__ = [
     "parse_samples",
     "vllm_load",
 ]
-
-_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
-_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"[+-]?(?:inf|infinity|nan|(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)", re.IGNORECASE)
-_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
 
 
 class MetricsParseError(ValueError):
@@ -55,7 +52,12 @@ def parse_samples(text: str) -> list[Sample]:
     label values may hold escaped quotes, backslashes and newlines, commas and braces;
     values may be `NaN`, `+Inf`, `-Inf` or use exponents; a trailing timestamp and an
     OpenMetrics exemplar (`# {...} value`) are ignored. Raises `MetricsParseError`
-    naming the line on anything else.
+    naming the line on anything `prometheus_client` rejects.
+
+    Each line goes to `prometheus_client` alone, as an untyped sample: so every sample
+    keeps the name it is written with (given a `# TYPE ... counter` line the library
+    names a counter's samples `..._total` whether or not the page does), and an error
+    can name its line. The `#` lines carry nothing a sum needs.
     """
     samples: list[Sample] = []
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -63,10 +65,15 @@ def parse_samples(text: str) -> list[Sample]:
         if not line or line.startswith("#"):
             continue
         try:
-            samples.append(_parse_line(line))
-        except MetricsParseError as exc:
+            families = list(text_string_to_metric_families(line))
+        except ValueError as exc:  # the library's one error for text it cannot read
             shown = line if len(line) <= 120 else line[:117] + "..."
-            raise MetricsParseError(f"line {number}: {exc}: {shown!r}") from None
+            raise MetricsParseError(f"line {number}: {exc or 'malformed'}: {shown!r}") from None
+        samples.extend(
+            Sample(name=s.name, labels=tuple(s.labels.items()), value=float(s.value))
+            for family in families
+            for s in family.samples
+        )
     return samples
 
 
@@ -132,102 +139,3 @@ def _count(value: float | None) -> int:
     if value is None or not math.isfinite(value) or value <= 0:
         return 0
     return round(value)
-
-
-def _parse_line(line: str) -> Sample:
-    pos = 0
-    name = ""
-    match = _NAME.match(line)
-    if match:
-        name = match.group()
-        pos = match.end()
-    labels: list[tuple[str, str]] = []
-    brace = _skip_spaces(line, pos)
-    if brace < len(line) and line[brace] == "{":
-        quoted_name, labels, pos = _parse_labels(line, brace + 1)
-        if quoted_name is not None:
-            if name:
-                raise MetricsParseError("metric named twice")
-            name = quoted_name
-    if not name:
-        raise MetricsParseError("no metric name")
-    rest = line[pos:]
-    if rest and not rest[0].isspace():
-        raise MetricsParseError("bad character after metric name")
-    exemplar = rest.find(" # ")
-    if exemplar >= 0:
-        rest = rest[:exemplar]
-    fields = rest.split()
-    if not 1 <= len(fields) <= 2:
-        raise MetricsParseError("expected a value and at most a timestamp")
-    if not _NUMBER.fullmatch(fields[0]):
-        raise MetricsParseError(f"bad value {fields[0]!r}")
-    return Sample(name=name, labels=tuple(labels), value=float(fields[0]))
-
-
-def _parse_labels(line: str, pos: int) -> tuple[str | None, list[tuple[str, str]], int]:
-    """Labels from just after `{` to just after `}`; a bare quoted string is the name."""
-    labels: list[tuple[str, str]] = []
-    quoted_name: str | None = None
-    while True:
-        pos = _skip_spaces(line, pos)
-        if pos >= len(line):
-            raise MetricsParseError("unclosed '{'")
-        if line[pos] == "}":
-            return quoted_name, labels, pos + 1
-        if line[pos] == '"':
-            key, pos = _parse_quoted(line, pos + 1)
-            pos = _skip_spaces(line, pos)
-            if pos < len(line) and line[pos] != "=":
-                if quoted_name is not None or labels:
-                    raise MetricsParseError("quoted metric name must come first")
-                quoted_name = key
-                pos = _after_item(line, pos)
-                continue
-        else:
-            match = _LABEL_NAME.match(line, pos)
-            if not match:
-                raise MetricsParseError("bad label name")
-            key, pos = match.group(), match.end()
-            pos = _skip_spaces(line, pos)
-        if pos >= len(line) or line[pos] != "=":
-            raise MetricsParseError(f"expected '=' after label {key!r}")
-        pos = _skip_spaces(line, pos + 1)
-        if pos >= len(line) or line[pos] != '"':
-            raise MetricsParseError(f"label {key!r} value is not quoted")
-        value, pos = _parse_quoted(line, pos + 1)
-        labels.append((key, value))
-        pos = _after_item(line, pos)
-
-
-def _after_item(line: str, pos: int) -> int:
-    """Past the `,` after a label (or up to the closing `}`)."""
-    pos = _skip_spaces(line, pos)
-    if pos < len(line) and line[pos] == ",":
-        return pos + 1
-    if pos < len(line) and line[pos] == "}":
-        return pos
-    raise MetricsParseError("expected ',' or '}' after a label")
-
-
-def _parse_quoted(line: str, pos: int) -> tuple[str, int]:
-    """A quoted string's text from just after its opening quote; returns past the close."""
-    out: list[str] = []
-    while pos < len(line):
-        char = line[pos]
-        if char == '"':
-            return "".join(out), pos + 1
-        if char == "\\" and pos + 1 < len(line):
-            escaped = line[pos + 1]
-            out.append(_ESCAPES.get(escaped, "\\" + escaped))
-            pos += 2
-            continue
-        out.append(char)
-        pos += 1
-    raise MetricsParseError("unclosed quote")
-
-
-def _skip_spaces(line: str, pos: int) -> int:
-    while pos < len(line) and line[pos] in " \t":
-        pos += 1
-    return pos
