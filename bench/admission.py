@@ -21,17 +21,13 @@ import uuid
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from stats import percentile  # bench/stats.py: bench/ is on sys.path when run as a script
 
 from serve_app.admission import Admitted, Limits, RedisAdmission, Ticket
 from serve_app.local.redis_server import EmbeddedRedis
 
 TARGET_P99_US = 1000.0
 LIMITS = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, monthly_budget_micro=10**15)
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _worker(store: RedisAdmission, tenant: str, count: int, out: list[float]) -> None:
@@ -67,9 +63,8 @@ def main() -> int:
             rows = []
             for name, clients in (("sequential", 1), ("16 concurrent", 16)):
                 t = asyncio.run(_scenario(url, clients, args.iterations // clients))
-                rows.append(
-                    (name, len(t), _pct(t, 0.5), _pct(t, 0.9), _pct(t, 0.99), statistics.fmean(t))
-                )
+                pcts = (percentile(t, 50), percentile(t, 90), percentile(t, 99))
+                rows.append((name, len(t), *pcts, statistics.fmean(t)))
         finally:
             if server:
                 server.stop()

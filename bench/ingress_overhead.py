@@ -77,6 +77,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from stats import percentile  # bench/stats.py: bench/ is on sys.path when run as a script
 
 from serve_app.models.backend import ChatMessage, GenerationRequest
 from serve_app.policy import hash_api_key
@@ -410,14 +411,6 @@ class Cell:
     machine is shared): a noise indicator, not part of the result."""
     cpu_by_process_ms_per_req: dict[str, float] = field(default_factory=dict)
     first_error: str | None = None
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
 
 
 # --------------------------------------------------------------------------- CPU of the Ray node

@@ -79,6 +79,7 @@ from typing import Any
 
 import redis as redis_sync
 import redis.asyncio as aioredis
+from stats import percentile  # bench/stats.py: bench/ is on sys.path when run as a script
 
 from serve_app.local.redis_server import EmbeddedRedis
 from serve_app.metering.aggregator import AggregatorConfig, AggregatorLoop
@@ -206,14 +207,6 @@ def command_stats(client: redis_sync.Redis) -> dict[str, tuple[int, float]]:
         if isinstance(value, dict):
             out[name.removeprefix("cmdstat_")] = (int(value["calls"]), float(value["usec"]))
     return out
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-quantile (0..1), nearest rank."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 @contextlib.contextmanager
@@ -684,9 +677,9 @@ class LagResult:
 def summary(values: Sequence[float]) -> dict[str, float]:
     return {
         "min": min(values),
-        "p50": percentile(values, 0.50),
-        "p90": percentile(values, 0.90),
-        "p99": percentile(values, 0.99),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
         "max": max(values),
         "mean": statistics.fmean(values),
     }

@@ -24,7 +24,6 @@ import csv
 import datetime as dt
 import gc
 import json
-import math
 import os
 import platform
 import random
@@ -35,6 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from stats import percentile  # bench/stats.py: bench/ is on sys.path when run as a script
 
 from serve_app.policy import load_policy_dict
 from serve_app.pricing import (
@@ -235,8 +236,8 @@ class Stats:
         ordered = sorted(samples_ns)
         n = len(ordered)
 
-        def pct(q: float) -> float:  # nearest rank
-            return ordered[min(n - 1, max(0, math.ceil(q / 100 * n) - 1))] / 1000
+        def pct(q: float) -> float:  # q on the 0-100 scale, ns -> µs
+            return percentile(ordered, q) / 1000
 
         return cls(
             p50=pct(50),
