@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from serve_app.policy import load_policy_dict
 from serve_app.pricing import ClusterSnapshot, ModelLoad, PriceBook, PriceRequest, ReplicaLoad
+from tests.fakes import model_dict, plan_dict, policy_dict
 
 ACTION_CHAINS = [
     ["throttle"],
@@ -27,25 +28,23 @@ def model_dicts(draw: st.DrawFn, index: int) -> dict[str, Any]:
     # Clamped: rate_1 + 1.0 * (rate_1 * B - rate_1) can round above rate_1 * B.
     rate_max = min(rate_1 * max_batch, rate_1 + saturation * (rate_1 * max_batch - rate_1))
     window = draw(st.sampled_from([2048, 8192, 32768]))
-    return {
-        "id": f"m{index}",
-        "backend": "simulated",
-        "accelerator": "test",
-        "usd_per_hour": draw(st.floats(0.1, 40)),
-        "quality_tier": draw(st.integers(1, 4)),
-        "throughput": {
+    return model_dict(
+        f"m{index}",
+        usd_per_hour=draw(st.floats(0.1, 40)),
+        quality_tier=draw(st.integers(1, 4)),
+        throughput={
             "prefill_tokens_per_s": draw(st.floats(200, 20000)),
             "decode_tokens_per_s_at_batch_1": rate_1,
             "max_concurrent_sequences": max_batch,
             "decode_tokens_per_s_at_max_batch": rate_max,
         },
-        "cold_start_s": draw(st.floats(0, 300)),
-        "cold_start_amortization_requests": draw(st.integers(1, 2000)),
-        "context_window_tokens": window,
-        "max_output_tokens": draw(st.integers(1, window)),
-        "default_output_tokens": draw(st.integers(1, 1024)),
-        "autoscaling": {"min_replicas": 0, "max_replicas": 4},
-    }
+        cold_start_s=draw(st.floats(0, 300)),
+        cold_start_amortization_requests=draw(st.integers(1, 2000)),
+        context_window_tokens=window,
+        max_output_tokens=draw(st.integers(1, window)),
+        default_output_tokens=draw(st.integers(1, 1024)),
+        autoscaling={"min_replicas": 0, "max_replicas": 4},
+    )
 
 
 def _card(draw: st.DrawFn, model: dict[str, Any]) -> dict[str, float]:
@@ -71,25 +70,25 @@ def books(draw: st.DrawFn) -> PriceBook:
     count = draw(st.integers(1, 5))
     models = [draw(model_dicts(i)) for i in range(count)]
     chain = draw(st.sampled_from(ACTION_CHAINS))
-    plan = {
-        "id": "p",
-        "prices_by_model": {m["id"]: _card(draw, m) for m in models},
-        "margin_floor": draw(st.floats(0, 0.9)),
-        "surge_cap": draw(st.floats(1.01, 3)) if "surcharge" in chain else 1.0,
-        "on_infeasible": chain,
-        "sla": {
+    plan = plan_dict(
+        "p",
+        prices_by_model={m["id"]: _card(draw, m) for m in models},
+        prices_by_tier={},
+        margin_floor=draw(st.floats(0, 0.9)),
+        surge_cap=draw(st.floats(1.01, 3)) if "surcharge" in chain else 1.0,
+        on_infeasible=chain,
+        sla={
             "ttft_target_ms": draw(st.floats(200, 60000)),
             "tpot_target_ms": draw(st.floats(20, 500)),
             "credit_fraction": 0.1,
         },
-        "limits": {"requests_per_minute": 60, "tokens_per_minute": 10000, "monthly_budget_usd": 5},
-    }
-    policy = {
-        "version": "prop",
-        "models": models,
-        "routes": {"all": [m["id"] for m in models]},
-        "plans": [plan],
-    }
+    )
+    policy = policy_dict(
+        version="prop",
+        models=models,
+        routes={"all": [m["id"] for m in models]},
+        plans=[plan],
+    )
     loaded = load_policy_dict(policy)
     return PriceBook.from_policy(loaded.policy, loaded.version)
 

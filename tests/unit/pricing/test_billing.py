@@ -19,28 +19,7 @@ from serve_app.pricing import (
     decide,
 )
 from serve_app.pricing.billing import bill
-
-
-def _model(model_id: str, tier: int, usd_per_hour: float) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "backend": "simulated",
-        "accelerator": "test",
-        "usd_per_hour": usd_per_hour,
-        "quality_tier": tier,
-        "throughput": {
-            "prefill_tokens_per_s": 1000,
-            "decode_tokens_per_s_at_batch_1": 50,
-            "max_concurrent_sequences": 10,
-            "decode_tokens_per_s_at_max_batch": 400,
-        },
-        "cold_start_s": 10,
-        "cold_start_amortization_requests": 10,
-        "context_window_tokens": 4096,
-        "max_output_tokens": 1024,
-        "default_output_tokens": 100,
-    }
-
+from tests.fakes import model_dict, plan_dict, policy_dict
 
 # Micro-USD per 1M tokens: tier 1 is 150_000 in / 1_200_000 out; tier 2 costs more.
 CARDS = {
@@ -51,23 +30,21 @@ SMALL_IN, SMALL_OUT = 150_000, 1_200_000
 MID_IN, MID_OUT = 600_000, 4_000_000
 
 
-def _plan(plan_id: str, chain: list[str]) -> dict[str, Any]:
-    return {
-        "id": plan_id,
-        "prices_by_tier": CARDS,
-        "margin_floor": 0.3,
-        "surge_cap": 5.0,
-        "on_infeasible": chain,
-        "sla": {"ttft_target_ms": 1000, "tpot_target_ms": 100, "credit_fraction": 0.1},
-        "limits": {"requests_per_minute": 60, "tokens_per_minute": 10000, "monthly_budget_usd": 5},
-    }
-
-
-POLICY = {
-    "version": "billing-test",
-    "models": [_model("small", 1, 0.2), _model("mid", 2, 0.3)],
-    "plans": [_plan("std", ["reroute", "surcharge", "throttle"])],
-}
+POLICY = policy_dict(
+    version="billing-test",
+    models=[
+        model_dict("small", quality_tier=1, usd_per_hour=0.2),
+        model_dict("mid", quality_tier=2, usd_per_hour=0.3),
+    ],
+    plans=[
+        plan_dict(
+            "std",
+            prices_by_tier=CARDS,
+            surge_cap=5.0,
+            on_infeasible=["reroute", "surcharge", "throttle"],
+        )
+    ],
+)
 BOOK = PriceBook.from_policy(load_policy_dict(POLICY).policy, "billing-test")
 PLAN = BOOK.plans["std"]
 CREDIT = Fraction(1, 10)

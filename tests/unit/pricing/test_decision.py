@@ -20,60 +20,32 @@ from serve_app.pricing import (
     decide,
 )
 from serve_app.pricing.price import floor_price_micro, margin, pico_to_micro
-
-
-def _model(model_id: str, tier: int, usd_per_hour: float, cold_start_s: float) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "backend": "simulated",
-        "accelerator": "test",
-        "usd_per_hour": usd_per_hour,
-        "quality_tier": tier,
-        "throughput": {
-            "prefill_tokens_per_s": 1000,
-            "decode_tokens_per_s_at_batch_1": 50,
-            "max_concurrent_sequences": 10,
-            "decode_tokens_per_s_at_max_batch": 400,
-        },
-        "cold_start_s": cold_start_s,
-        "cold_start_amortization_requests": 10,
-        "context_window_tokens": 4096,
-        "max_output_tokens": 1024,
-        "default_output_tokens": 100,
-    }
-
+from tests.fakes import model_dict, plan_dict, policy_dict
 
 CARD = {"input_usd_per_1m_tokens": 0.5, "output_usd_per_1m_tokens": 5}
 
 
-def _plan(plan_id: str, chain: list[str], **extra: Any) -> dict[str, Any]:
-    return {
-        "id": plan_id,
-        "prices_by_tier": {1: CARD, 2: CARD, 3: CARD},
-        "margin_floor": 0.3,
-        "on_infeasible": chain,
-        "sla": {"ttft_target_ms": 1000, "tpot_target_ms": 100, "credit_fraction": 0.1},
-        "limits": {"requests_per_minute": 60, "tokens_per_minute": 10000, "monthly_budget_usd": 5},
-        **extra,
-    }
-
-
-POLICY = {
-    "version": "test",
-    "models": [
-        _model("small", 1, 1.0, 10),
-        _model("mid", 2, 1.5, 10),
-        _model("big", 3, 8.0, 60),
+TIERS_1_TO_3 = {1: CARD, 2: CARD, 3: CARD}
+POLICY = policy_dict(
+    models=[
+        model_dict("small", quality_tier=1, usd_per_hour=1.0, cold_start_s=10),
+        model_dict("mid", quality_tier=2, usd_per_hour=1.5, cold_start_s=10),
+        model_dict("big", quality_tier=3, usd_per_hour=8.0, cold_start_s=60),
     ],
-    "routes": {"auto": ["small", "mid", "big"], "top": ["big"]},
-    "plans": [
-        _plan("strict", ["throttle"]),
-        _plan("sub", ["reroute", "throttle"]),
-        _plan("surge", ["surcharge", "throttle"], surge_cap=3.0),
-        _plan("premium", ["accept"]),
-        {**_plan("narrow", ["reroute", "throttle"]), "prices_by_tier": {1: CARD}},
+    routes={"auto": ["small", "mid", "big"], "top": ["big"]},
+    plans=[
+        plan_dict("strict", prices_by_tier=TIERS_1_TO_3, on_infeasible=["throttle"]),
+        plan_dict("sub", prices_by_tier=TIERS_1_TO_3, on_infeasible=["reroute", "throttle"]),
+        plan_dict(
+            "surge",
+            prices_by_tier=TIERS_1_TO_3,
+            on_infeasible=["surcharge", "throttle"],
+            surge_cap=3.0,
+        ),
+        plan_dict("premium", prices_by_tier=TIERS_1_TO_3, on_infeasible=["accept"]),
+        plan_dict("narrow", prices_by_tier={1: CARD}, on_infeasible=["reroute", "throttle"]),
     ],
-}
+)
 BOOK = PriceBook.from_policy(load_policy_dict(POLICY).policy, "test")
 
 BUSY = ModelLoad((ReplicaLoad(running=8),))  # a fairly full batch: cheap per token
@@ -118,13 +90,14 @@ def test_substitute_is_priced_at_most_the_requested_models_price() -> None:
             {
                 **POLICY,
                 "plans": [
-                    {
-                        **_plan("sub", ["reroute", "throttle"]),
-                        "prices_by_tier": {
+                    plan_dict(
+                        "sub",
+                        on_infeasible=["reroute", "throttle"],
+                        prices_by_tier={
                             1: CARD,
                             2: {"input_usd_per_1m_tokens": 1, "output_usd_per_1m_tokens": 10},
                         },
-                    }
+                    )
                 ],
             }
         ).policy
