@@ -81,9 +81,9 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 from stats import percentile  # bench/stats.py: bench/ is on sys.path when run as a script
 
+from rtcts_dev.stripe_emulator import EMULATOR_API_KEY, EmulatorServer
 from serve_app.local.redis_server import EmbeddedRedis
 from serve_app.metering.aggregator import AggregatorConfig, AggregatorLoop
-from serve_app.metering.emulator import EMULATOR_API_KEY, EmulatorServer
 from serve_app.metering.entry import batch_item
 from serve_app.metering.ledger import GROUP, FoldItem, MeterLedger, ShardKeys
 from serve_app.metering.meter import Meter, new_meter_id

@@ -31,9 +31,9 @@ from typing import Any, TextIO
 
 import httpx
 
+from rtcts_dev.trace import TraceRequest, compress, load_trace
 from serve_app.errors import RtctsError
 from serve_app.models.tokens import MESSAGE_OVERHEAD_TOKENS, REPLY_PRIMING_TOKENS
-from serve_app.trace import TraceRequest, compress, load_trace
 
 TRACE_RELATIVE = Path("../shared/data/azure_llm_trace_conv_2023.csv")
 """Where the trace lies, relative to the working directory or to the repository root."""

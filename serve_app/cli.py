@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from serve_app.demo import DemoOptions, run_demo
+    from rtcts_dev.demo import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(

@@ -37,14 +37,27 @@ class SettingsError(RtctsError):
     """An environment variable or argument has an invalid value."""
 
 
+POLICY_PATH = Path("policies/default.yaml")
+"""The default policy, relative to the working directory: the file users edit."""
+PACKAGED_POLICY_PATH = Path(__file__).with_name("policy") / "default.yaml"
+"""The same policy shipped in the package (byte-identical, a test keeps it so): the
+default where the working directory has no `policies/default.yaml` (an installed rtcts)."""
+
+
+def default_policy_path() -> Path:
+    """`policies/default.yaml` when the working directory has it, else the packaged copy."""
+    return POLICY_PATH if POLICY_PATH.is_file() else PACKAGED_POLICY_PATH
+
+
 class Settings(BaseModel):
     """Process-level settings of rtcts (policies hold the business rules)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy_path: Path = Field(
-        default=Path("policies/default.yaml"),
-        description="Policy file to serve (env RTCTS_POLICY_PATH).",
+        default_factory=default_policy_path,
+        description="Policy file to serve (env RTCTS_POLICY_PATH); unset: "
+        "policies/default.yaml in the working directory, else the packaged copy of it.",
     )
     ray_address: str | None = Field(
         default=None, description="Ray cluster to join; unset starts a local Ray (env RAY_ADDRESS)."

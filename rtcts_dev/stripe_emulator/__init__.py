@@ -12,7 +12,7 @@ Served (v1 bodies are form-encoded with bracket notation, `payload[value]=12`; v
     POST /v2/billing/meter_event_stream               (Bearer session token, ≤ 100 events)
 
 Run it with `EmulatorServer(port=0)` (a thread; `.url`, `.state`) or
-`python -m serve_app.metering.emulator --port N [--state FILE]` (`EmulatorProcess`).
+`python -m rtcts_dev.stripe_emulator --port N [--state FILE]` (`EmulatorProcess`).
 
 Guarantees
 - Requests are checked against Stripe's own request schemas (`schemas`: the shared
@@ -66,18 +66,18 @@ Inspection and control (no auth; a local test tool): `GET /_emulator/health`,
 `POST /_emulator/reset`.
 """
 
-from serve_app.metering.emulator.app import create_app
-from serve_app.metering.emulator.schemas import RequestValidator, load_schemas
-from serve_app.metering.emulator.server import EmulatorError, EmulatorProcess, EmulatorServer
-from serve_app.metering.emulator.state import (
+from rtcts_dev.stripe_emulator.app import create_app
+from rtcts_dev.stripe_emulator.schemas import RequestValidator, load_schemas
+from rtcts_dev.stripe_emulator.server import EmulatorError, EmulatorProcess, EmulatorServer
+from rtcts_dev.stripe_emulator.state import (
     DEDUP_WINDOW_S,
     FUTURE_LIMIT_S,
     PAST_LIMIT_S,
     SESSION_TTL_S,
     STREAM_MAX_EVENTS,
-    ApiError,
     EmulatorState,
     Faults,
+    StripeApiError,
 )
 from serve_app.metering.stripe_sink import LOCAL_TEST_KEY
 
@@ -91,13 +91,13 @@ __all__ = [
     "PAST_LIMIT_S",
     "SESSION_TTL_S",
     "STREAM_MAX_EVENTS",
-    "ApiError",
     "EmulatorError",
     "EmulatorProcess",
     "EmulatorServer",
     "EmulatorState",
     "Faults",
     "RequestValidator",
+    "StripeApiError",
     "create_app",
     "load_schemas",
 ]

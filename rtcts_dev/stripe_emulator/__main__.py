@@ -1,4 +1,4 @@
-"""`python -m serve_app.metering.emulator --port N [--state FILE]`: serve until killed."""
+"""`python -m rtcts_dev.stripe_emulator --port N [--state FILE]`: serve until killed."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from serve_app.metering.emulator.server import bind, build_server
-from serve_app.metering.emulator.state import EmulatorState, Faults
+from rtcts_dev.stripe_emulator.server import bind, build_server
+from rtcts_dev.stripe_emulator.state import EmulatorState, Faults
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serve_app.metering.emulator",
+        prog="python -m rtcts_dev.stripe_emulator",
         description="Local Stripe emulator (meter-event subset) for rtcts.",
     )
     parser.add_argument("--host", default="127.0.0.1")

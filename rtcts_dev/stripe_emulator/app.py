@@ -30,8 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from serve_app.metering.emulator.schemas import ParamError, RequestValidator, decode_form
-from serve_app.metering.emulator.state import ApiError, EmulatorState, Faults
+from rtcts_dev.stripe_emulator.schemas import ParamError, RequestValidator, decode_form
+from rtcts_dev.stripe_emulator.state import EmulatorState, Faults, StripeApiError
 
 TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 
@@ -88,14 +88,14 @@ def _bearer(request: Request) -> str | None:
 def _check_api_key(request: Request) -> None:
     key = _bearer(request)
     if key is None:
-        raise ApiError(
+        raise StripeApiError(
             401,
             "You did not provide an API key. You need to provide your API key in the "
             "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
             "YOUR_SECRET_KEY').",
         )
     if not key.startswith(TEST_KEY_PREFIXES):
-        raise ApiError(401, f"Invalid API Key provided: {mask_key(key)}")
+        raise StripeApiError(401, f"Invalid API Key provided: {mask_key(key)}")
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -109,7 +109,7 @@ def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> J
 
 def _fault_response(kind: str, v2: bool) -> JSONResponse:
     if kind == "rate_limit":
-        error = ApiError(
+        error = StripeApiError(
             429,
             "Too many requests hit the API too quickly. We recommend an exponential backoff "
             "of your requests.",
@@ -117,7 +117,7 @@ def _fault_response(kind: str, v2: bool) -> JSONResponse:
             code="rate_limit",
         )
     else:
-        error = ApiError(500, "An unknown error occurred (emulated fault).", type="api_error")
+        error = StripeApiError(500, "An unknown error occurred (emulated fault).", type="api_error")
     return _json(error.status, error.body())
 
 
@@ -152,10 +152,12 @@ async def _execute(
         else:
             _check_api_key(request)
         raw, params = await _params(request, op)
-    except ApiError as exc:
+    except StripeApiError as exc:
         return _json(exc.status, exc.body()), log
     except ParamError as exc:
-        return _json(400, ApiError(400, exc.message, param=exc.param, code=exc.code).body()), log
+        return _json(
+            400, StripeApiError(400, exc.message, param=exc.param, code=exc.code).body()
+        ), log
 
     key = request.headers.get("idempotency-key") if op.method == "POST" else None
     if key:
@@ -166,7 +168,7 @@ async def _execute(
             log["replayed"] = True
             return _json(record["status"], record["body"], {"Idempotent-Replayed": "true"}), log
         if verdict == "mismatch":
-            error = ApiError(
+            error = StripeApiError(
                 400,
                 "Keys for idempotent requests can only be used with the same parameters they "
                 f"were first used with. Try using a key other than '{key}' if you meant to "
@@ -175,7 +177,7 @@ async def _execute(
             )
             return _json(400, error.body()), log
         if verdict == "in_use":
-            error = ApiError(
+            error = StripeApiError(
                 409,
                 "There is currently another in-progress request using this Idempotent Key "
                 "(that probably means you submitted twice, and the other request is still "
@@ -189,9 +191,9 @@ async def _execute(
         clean = validator.validate(op.key, params, form=not op.v2)
         body = op.handler(state, clean, request.path_params)
     except ParamError as exc:
-        error = ApiError(400, exc.message, param=exc.param, code=exc.code)
+        error = StripeApiError(400, exc.message, param=exc.param, code=exc.code)
         status, body = 400, error.body()
-    except ApiError as exc:
+    except StripeApiError as exc:
         status, body = exc.status, exc.body()
     else:
         status = 200
@@ -323,7 +325,7 @@ def create_app(state: EmulatorState, validator: RequestValidator, source: str) -
 
     async def unrecognized(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
-        error = ApiError(
+        error = StripeApiError(
             404 if status == 405 else status,
             f"Unrecognized request URL ({request.method}: {request.url.path}).",
         )

@@ -198,7 +198,7 @@ CUSTOMER_ID_PARAM: Schema = {"maxLength": 255, "type": "string", "pattern": "^[A
 
 def shared_schema_dir() -> Path:
     """`../shared/data/stripe` next to the repository root (may not exist)."""
-    return Path(__file__).resolve().parents[4] / "shared" / "data" / "stripe"
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "stripe"
 
 
 def strip_docs(node: Any) -> Any:

@@ -2,7 +2,7 @@
 
 `EmulatorServer` binds its socket before the thread starts, so `.url` is known at once
 (port 0 picks a free port) and nothing races for it. `EmulatorProcess` starts
-`python -m serve_app.metering.emulator` like `EmbeddedRedis` starts redis-server, and
+`python -m rtcts_dev.stripe_emulator` like `EmbeddedRedis` starts redis-server, and
 stops it by its PID.
 """
 
@@ -20,11 +20,11 @@ from types import TracebackType
 
 import uvicorn
 
+from rtcts_dev.stripe_emulator.app import create_app
+from rtcts_dev.stripe_emulator.schemas import RequestValidator, load_schemas
+from rtcts_dev.stripe_emulator.state import EmulatorState, Faults
 from serve_app.errors import RtctsError
 from serve_app.local.child import ChildServer
-from serve_app.metering.emulator.app import create_app
-from serve_app.metering.emulator.schemas import RequestValidator, load_schemas
-from serve_app.metering.emulator.state import EmulatorState, Faults
 
 START_TIMEOUT_S = 15.0
 
@@ -174,7 +174,7 @@ class EmulatorProcess(ChildServer):
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "serve_app.metering.emulator", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "rtcts_dev.stripe_emulator", "--port", str(self.port)]
         if self.state_path is not None:
             cmd += ["--state", str(self.state_path)]
         if self.fail_rate:

@@ -4,7 +4,7 @@ Thread-safe: every method takes one re-entrant lock, so the HTTP thread and a te
 thread can read and write at once. With `path` set, every change is written to that
 JSON file (atomically: temporary file, then rename) before the method returns, so an
 emulator restarted on the same file keeps its customers, meters, events, identifiers
-and idempotency records. Nothing here knows HTTP: errors are `ApiError`s that carry
+and idempotency records. Nothing here knows HTTP: errors are `StripeApiError`s that carry
 the status and the Stripe-shaped body.
 """
 
@@ -41,7 +41,7 @@ STREAM_MAX_EVENTS = 100
 WHOLE_NUMBER = re.compile(r"\d+")
 
 
-class ApiError(Exception):
+class StripeApiError(Exception):
     """A refusal, as Stripe words it: HTTP status plus `{"error": {...}}`."""
 
     def __init__(
@@ -247,7 +247,7 @@ class EmulatorState:
         with self._lock:
             cid = params.get("id") or _new_id("cus")
             if cid in self._data["customers"]:
-                raise ApiError(
+                raise StripeApiError(
                     400, "Customer already exists.", code="resource_already_exists", param="id"
                 )
             metadata = params.get("metadata") or {}
@@ -269,7 +269,7 @@ class EmulatorState:
         with self._lock:
             customer = self._data["customers"].get(cid)
             if customer is None:
-                raise ApiError(
+                raise StripeApiError(
                     404, f"No such customer: '{cid}'", code="resource_missing", param="id"
                 )
             return dict(customer)
@@ -293,7 +293,7 @@ class EmulatorState:
         with self._lock:
             event_name = params["event_name"]
             if self._active_meter(event_name) is not None:
-                raise ApiError(
+                raise StripeApiError(
                     400,
                     f"An active meter with event_name '{event_name}' already exists.",
                     code="resource_already_exists",
@@ -324,7 +324,7 @@ class EmulatorState:
         with self._lock:
             meter = self._data["meters"].get(meter_id)
             if meter is None:
-                raise ApiError(
+                raise StripeApiError(
                     404, f"No such billing meter: '{meter_id}'", code="resource_missing", param="id"
                 )
             return dict(meter)
@@ -340,7 +340,7 @@ class EmulatorState:
         with self._lock:
             meter = self._data["meters"].get(meter_id)
             if meter is None:
-                raise ApiError(
+                raise StripeApiError(
                     404, f"No such billing meter: '{meter_id}'", code="resource_missing", param="id"
                 )
             if (
@@ -348,7 +348,7 @@ class EmulatorState:
                 and meter["status"] != "active"
                 and self._active_meter(meter["event_name"]) is not None
             ):
-                raise ApiError(
+                raise StripeApiError(
                     400,
                     f"An active meter with event_name '{meter['event_name']}' already exists.",
                     code="resource_already_exists",
@@ -365,18 +365,18 @@ class EmulatorState:
     def _check_event(
         self, event_name: str, payload: Mapping[str, Any], timestamp: int | None, where: str
     ) -> dict[str, Any]:
-        """The event Stripe would record, or the ApiError it answers. `where` prefixes params."""
+        """The event Stripe would record, or the error it answers. `where` prefixes params."""
         now = self.now()
         ts = now if timestamp is None else timestamp
         if ts < now - PAST_LIMIT_S:
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 "Timestamp must be no more than 35 days in the past.",
                 code="timestamp_too_far_in_past",
                 param=_param(where, "timestamp"),
             )
         if ts > now + FUTURE_LIMIT_S:
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 "Timestamp must be no more than 5 minutes in the future.",
                 code="timestamp_in_future",
@@ -385,7 +385,7 @@ class EmulatorState:
         meter = self._active_meter(event_name)
         if meter is None:
             archived = any(m["event_name"] == event_name for m in self._data["meters"].values())
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 f"The meter for event_name {event_name} is inactive."
                 if archived
@@ -397,7 +397,7 @@ class EmulatorState:
         value_key = meter["value_settings"]["event_payload_key"]
         customer = payload.get(customer_key)
         if not customer:
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 f"The payload must contain the customer mapping key '{customer_key}'.",
                 code="meter_event_no_customer_defined",
@@ -406,21 +406,21 @@ class EmulatorState:
         formula = meter["default_aggregation"]["formula"]
         raw = payload.get(value_key)
         if raw is None and formula != "count":
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 f"The payload must contain the value key '{value_key}'.",
                 code="meter_event_value_not_found",
                 param=_param(where, "payload", value_key),
             )
         if raw is not None and not (isinstance(raw, str) and WHOLE_NUMBER.fullmatch(raw)):
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 f"Value must be a whole number, got '{raw}'.",
                 code="meter_event_invalid_value",
                 param=_param(where, "payload", value_key),
             )
         if customer not in self._data["customers"]:
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 f"No customer was found with id {customer}.",
                 code="meter_event_customer_not_found",
@@ -455,7 +455,7 @@ class EmulatorState:
             identifier = params.get("identifier") or _new_id("mev_ident")
             if self._is_duplicate(identifier):
                 # What Stripe answers (observed): 400 invalid_request_error, no `code`.
-                raise ApiError(400, f"An event already exists with identifier {identifier}.")
+                raise StripeApiError(400, f"An event already exists with identifier {identifier}.")
             record = self._accept(event, identifier, "v1")
             self._save()
             return {
@@ -475,7 +475,7 @@ class EmulatorState:
         Stripe's asynchronous processing drops them: a retried batch is harmless.
         """
         if len(events) > STREAM_MAX_EVENTS:
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 f"A meter event stream call takes at most {STREAM_MAX_EVENTS} events, "
                 f"got {len(events)}.",
@@ -490,7 +490,7 @@ class EmulatorState:
                     try:
                         timestamp = parse_iso(str(item["timestamp"]))
                     except ValueError:
-                        raise ApiError(
+                        raise StripeApiError(
                             400,
                             f"Invalid timestamp: {item['timestamp']}",
                             param=_param(where, "timestamp"),
@@ -511,7 +511,7 @@ class EmulatorState:
         with self._lock:
             identifier = (params.get("cancel") or {}).get("identifier")
             if not identifier:
-                raise ApiError(
+                raise StripeApiError(
                     400,
                     "Missing required param: cancel[identifier].",
                     code="parameter_missing",
@@ -524,9 +524,9 @@ class EmulatorState:
                     and event["event_name"] == params["event_name"]
                 ):
                     if event["canceled"]:
-                        raise ApiError(400, f"Meter event {identifier} is already canceled.")
+                        raise StripeApiError(400, f"Meter event {identifier} is already canceled.")
                     if event["created"] < now - CANCEL_WINDOW_S:
-                        raise ApiError(
+                        raise StripeApiError(
                             400, "Meter events can only be canceled within 24 hours of receipt."
                         )
                     event["canceled"] = True
@@ -539,7 +539,7 @@ class EmulatorState:
                         "status": "complete",
                         "type": "cancel",
                     }
-            raise ApiError(
+            raise StripeApiError(
                 400,
                 f"No meter event with identifier {identifier} for event_name "
                 f"{params['event_name']}.",
@@ -553,7 +553,7 @@ class EmulatorState:
             meter = self.get_meter(meter_id)
             customer = query["customer"]
             if customer not in self._data["customers"]:
-                raise ApiError(
+                raise StripeApiError(
                     400,
                     f"No such customer: '{customer}'",
                     code="resource_missing",
@@ -565,9 +565,11 @@ class EmulatorState:
             for name, value in (("start_time", start), ("end_time", end)):
                 if value % step:
                     unit = grouping or "minute"
-                    raise ApiError(400, f"{name} must be aligned to {unit} boundaries.", param=name)
+                    raise StripeApiError(
+                        400, f"{name} must be aligned to {unit} boundaries.", param=name
+                    )
             if start >= end:
-                raise ApiError(400, "start_time must be before end_time.", param="start_time")
+                raise StripeApiError(400, "start_time must be before end_time.", param="start_time")
             events = [
                 e
                 for e in self._data["events"]
@@ -620,11 +622,11 @@ class EmulatorState:
         with self._lock:
             session = self._data["sessions"].get(token)
             if session is None:
-                raise ApiError(
+                raise StripeApiError(
                     401, "The meter event session token is not valid.", code="invalid_token"
                 )
             if self.now() >= session["expires_at"]:
-                raise ApiError(
+                raise StripeApiError(
                     401,
                     "The meter event session has expired: create a new one.",
                     type="temporary_session_expired",
@@ -666,11 +668,11 @@ def _page(items: list[dict[str, Any]], query: Mapping[str, Any], url: str) -> di
     """One page of a Stripe list (`limit` 1..100, default 10; cursor by object id)."""
     limit = int(query.get("limit", 10))
     if not 1 <= limit <= 100:
-        raise ApiError(400, "Invalid limit: must be between 1 and 100.", param="limit")
+        raise StripeApiError(400, "Invalid limit: must be between 1 and 100.", param="limit")
     ids = [item["id"] for item in items]
     for cursor in ("starting_after", "ending_before"):
         if cursor in query and query[cursor] not in ids:
-            raise ApiError(
+            raise StripeApiError(
                 400, f"No such object: '{query[cursor]}'", code="resource_missing", param=cursor
             )
     if "starting_after" in query:

@@ -20,7 +20,7 @@ from typing import Any
 from serve_app.local.public_port import plan_public_port
 from serve_app.local.redis_server import EmbeddedRedis
 from serve_app.policy import LoadedPolicy
-from serve_app.settings import Settings
+from serve_app.settings import Settings, SettingsError
 
 APP_NAME = "rtcts"
 DEMO_KEYS = {"rtcts-demo-pro": "demo-pro", "rtcts-demo-basic": "demo-basic"}
@@ -58,8 +58,16 @@ def serve_locally(
         stripe_base = settings.stripe_api_base
         emulated = settings.stripe_api_key is None and stripe_base is None
         if emulated:
-            from serve_app.metering.emulator.server import EmulatorProcess
-
+            # A development tool (the `dev` extra), imported here only: the product never
+            # imports a tool at module level. It runs as a child process, stopped by PID.
+            try:
+                from rtcts_dev.stripe_emulator.server import EmulatorProcess
+            except ImportError as exc:
+                raise SettingsError(
+                    f"STRIPE_API_KEY is unset and the local Stripe emulator cannot start "
+                    f"({exc}): install the dev extra (pip install 'rtcts[dev]') or set "
+                    "STRIPE_API_KEY"
+                ) from None
             emulator = EmulatorProcess(
                 state_path=settings.data_dir / "stripe-emulator.json",
                 log_path=settings.data_dir / "stripe-emulator.log",

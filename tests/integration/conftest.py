@@ -63,7 +63,7 @@ def ray_serve() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stripe_url() -> Iterator[str]:
     """The local Stripe emulator (in a thread) that the app's aggregator bills."""
-    from serve_app.metering.emulator import EmulatorServer
+    from rtcts_dev.stripe_emulator import EmulatorServer
 
     with EmulatorServer() as server:
         yield server.url

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from rtcts_dev.stripe_emulator import EmulatorServer
 from serve_app.local.redis_server import EmbeddedRedis
 from serve_app.metering.aggregator import AggregatorConfig, ensure_aggregators
-from serve_app.metering.emulator import EmulatorServer
 from serve_app.metering.meter import Meter, new_meter_id
 from serve_app.metering.stream import MeterStreamWriter
 from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS

@@ -1,4 +1,4 @@
-"""`rtcts demo` and `serve_app.trace`: trace parsing and compression, prompt synthesis,
+"""`rtcts demo` and `rtcts_dev.trace`: trace parsing and compression, prompt synthesis,
 the stats aggregator, the renderers, the dry run, and one whole run on a mock transport
 (no network, no sleeps)."""
 
@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app.cli import main
-from serve_app.demo import (
+from rtcts_dev.demo import (
     DECISIONS,
     MAX_PROMPT_TOKENS,
     TRACE_RELATIVE,
@@ -35,15 +34,16 @@ from serve_app.demo import (
     run_demo,
     synthetic_prompt,
 )
-from serve_app.models.backend import ChatMessage
-from serve_app.models.tokens import count_chat_tokens
-from serve_app.trace import (
+from rtcts_dev.trace import (
     TraceError,
     TraceRequest,
     compress,
     load_trace,
     parse_timestamp,
 )
+from serve_app.cli import main
+from serve_app.models.backend import ChatMessage
+from serve_app.models.tokens import count_chat_tokens
 
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 
@@ -649,7 +649,7 @@ def test_a_saturated_run_drops_arrivals(tmp_path: Path) -> None:
 def test_requests_still_in_flight_after_the_drain_are_unfinished(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("serve_app.demo.DRAIN_S", 0.0)
+    monkeypatch.setattr("rtcts_dev.demo.DRAIN_S", 0.0)
     path = _csv(tmp_path, "2023-11-16 18:15:46.0,100,10\n" * 2)
 
     async def handle(request: httpx.Request) -> httpx.Response:

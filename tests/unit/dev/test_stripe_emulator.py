@@ -13,14 +13,14 @@ import httpx
 import pytest
 import stripe
 
-from serve_app.metering.emulator import (
+from rtcts_dev.stripe_emulator import (
     EMULATOR_API_KEY,
     EmulatorProcess,
     EmulatorServer,
     Faults,
     load_schemas,
 )
-from serve_app.metering.emulator.schemas import (
+from rtcts_dev.stripe_emulator.schemas import (
     EMBEDDED_SCHEMAS,
     SHARED_FILE,
     decode_form,

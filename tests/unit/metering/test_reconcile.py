@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pytest
 import stripe
 
-from serve_app.metering.emulator import EMULATOR_API_KEY, EmulatorServer
+from rtcts_dev.stripe_emulator import EMULATOR_API_KEY, EmulatorServer
 from serve_app.metering.reconcile import (
     DriftLine,
     compare,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 import pytest
 import stripe
 
-from serve_app.metering.emulator import EMULATOR_API_KEY, EmulatorServer, Faults
+from rtcts_dev.stripe_emulator import EMULATOR_API_KEY, EmulatorServer, Faults
 from serve_app.metering.stripe_sink import (
     StripeSetupError,
     StripeSink,
