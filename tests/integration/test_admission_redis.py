@@ -24,17 +24,11 @@ from serve_app.admission import (
 )
 from serve_app.local.redis_server import EmbeddedRedis, free_port
 from tests.factories import blackhole_port
+from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.integration
+T0 = 1_800_000_000.0  # the fake clock's start, seconds
 BIG = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, monthly_budget_micro=10**15)
-
-
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _tenant() -> str:
@@ -74,7 +68,7 @@ def test_the_window_slides_no_burst_of_twice_the_limit_at_a_minute_boundary(
     redis_url: str,
 ) -> None:
     async def run() -> None:
-        clock = Clock(1_800_000_059.0)  # one second before a minute boundary
+        clock = FakeClock(T0 + 59)  # one second before a minute boundary
         client = _client(redis_url)
         store = RedisAdmission(client, clock=clock)
         tenant, limits = _tenant(), Limits(10, 10**9, 10**12)
@@ -95,7 +89,7 @@ def test_the_window_slides_no_burst_of_twice_the_limit_at_a_minute_boundary(
 
 def test_tokens_are_reserved_then_settled_to_the_verified_count(redis_url: str) -> None:
     async def run() -> None:
-        clock = Clock()
+        clock = FakeClock(T0)
         client = _client(redis_url)
         store = RedisAdmission(client, clock=clock)
         tenant, limits = _tenant(), Limits(100, 1000, 10**12)
@@ -151,7 +145,7 @@ def test_budget_holds_under_concurrency_and_settles_exactly_once(redis_url: str)
 
 def test_reservations_of_requests_that_die_expire_and_are_released(redis_url: str) -> None:
     async def run() -> None:
-        clock = Clock()
+        clock = FakeClock(T0)
         client = _client(redis_url)
         store = RedisAdmission(client, clock=clock, reservation_ttl_s=30)
         tenant, limits = _tenant(), Limits(100, 10**9, 1000)
@@ -229,7 +223,7 @@ def test_redis_outage_fails_open_then_recovers_and_replays_settles(tmp_path: Pat
 
         async def run() -> None:
             client = aioredis.Redis.from_url(server.url, socket_timeout=0.2)
-            clock = Clock()
+            clock = FakeClock(T0)
             from serve_app.admission.breaker import CircuitBreaker
 
             breaker = CircuitBreaker(open_s=0.0)

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from serve_app.admission.breaker import CircuitBreaker
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def test_opens_after_consecutive_failures_only() -> None:
-    breaker = CircuitBreaker(open_s=1.0, failures_to_open=3, clock=Clock())
+    breaker = CircuitBreaker(open_s=1.0, failures_to_open=3, clock=FakeClock(0.0))
     assert not breaker.failure()
     assert not breaker.failure()
     breaker.success()  # the run of failures is broken
@@ -25,7 +19,7 @@ def test_opens_after_consecutive_failures_only() -> None:
 
 
 def test_one_probe_after_open_s_then_closes_on_success() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     breaker = CircuitBreaker(open_s=1.0, failures_to_open=1, clock=clock)
     assert breaker.failure()
     clock.now = 0.5
@@ -39,7 +33,7 @@ def test_one_probe_after_open_s_then_closes_on_success() -> None:
 
 
 def test_a_failed_probe_keeps_it_open_for_another_period() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     breaker = CircuitBreaker(open_s=1.0, failures_to_open=1, clock=clock)
     breaker.failure()
     clock.now = 1.0

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from serve_app.cluster.registry import REPORT_EXPIRY_S, LoadTable
 from serve_app.cluster.reports import ReplicaReport
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import FakeClock
 
 
 def _report(replica_id: str, reported_at: float, running: int = 0) -> ReplicaReport:

@@ -14,17 +14,10 @@ from serve_app.cluster.serve_adapter import DeploymentInfo, ReplicaInfo
 from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
 from serve_app.pricing.types import ReplicaLoad
+from tests.fakes import FakeClock
 
 NOW = 1_000.0
 SCALING = {"m": Scaling(30.0, 100.0, 1, 3), "z": Scaling(60.0, 100.0, 0, 2)}
-
-
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Fetcher:
@@ -72,7 +65,7 @@ def _state(
 ) -> tuple[ClusterState, Fetcher, Fetcher, FakeClock]:
     reports = reports or Fetcher([_report()])
     deployments = deployments or Fetcher(DEPLOYMENTS)
-    clock = FakeClock()
+    clock = FakeClock(NOW)
     state = ClusterState(SCALING, reports, deployments, clock=clock, **kw)
     return state, reports, deployments, clock
 

@@ -32,6 +32,7 @@ from serve_app.metering.types import (
     SendStatus,
     SyncError,
 )
+from tests.fakes import FakeClock
 
 # stripe's HTTPXClient posts its form bodies as str, which httpx deprecates (harmless).
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -46,17 +47,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(time.time())
 
 
 @pytest.fixture
@@ -389,7 +382,7 @@ def test_stream_mode_counts_once_batches_by_100_and_renews_its_session(
     emu: EmulatorServer, clock: FakeClock
 ) -> None:
     entries = [entry(n, customer=c, value=n) for n in range(125) for c, _ in CUSTOMERS]
-    sink_clock = FakeClock()
+    sink_clock = FakeClock(time.time())
 
     async def go() -> list[list[SendResult]]:
         async with open_sink(emu, clock=sink_clock) as sink:

@@ -21,6 +21,7 @@ from serve_app.models.backend import (
     GenerationRequest,
 )
 from serve_app.models.upstream import OpenAIUpstream
+from tests.fakes import FakeClock
 
 T = TypeVar("T")
 API_KEY = "sk-test-7f3a9c1e5b"
@@ -83,14 +84,6 @@ def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
 
 
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeServer:
