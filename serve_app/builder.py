@@ -26,6 +26,7 @@ from ray.serve.schema import LoggingConfig
 from serve_app.admission.gate import DEFAULT_TIMEOUT_S
 from serve_app.errors import PolicyError, PolicyIssue
 from serve_app.ingress.app import Ingress
+from serve_app.ingress.compose import BillingArgs, IngressArgs
 from serve_app.models.deployment import ModelServer
 from serve_app.policy import LoadedPolicy, load_policy_dict, load_policy_file
 from serve_app.policy.schema import BackendKind, ModelSpec
@@ -148,9 +149,9 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     ]
     if unsupported:
         raise PolicyError(loaded.source, unsupported)
-    access_log = app_args.access_log
-    if access_log is None:
-        access_log = Settings.from_env().access_log
+    # The environment is read here, once, and passed down as typed arguments.
+    settings = Settings.from_env()
+    access_log = settings.access_log if app_args.access_log is None else app_args.access_log
     logging_options = deployment_logging_options(access_log)
 
     handles = {
@@ -170,29 +171,31 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         ray_actor_options={"num_cpus": 0},
         **logging_options,
     )
-    return ingress.bind(  # type: ignore[no-any-return]
-        loaded.policy.model_dump(mode="json"),
-        handles,
-        app_args.app_name,
-        loaded.source,
-        app_args.redis_url,
-        app_args.redis_timeout_s,
-        _billing(app_args),
+    return ingress.bind(ingress_args(app_args, loaded, settings), handles)  # type: ignore[no-any-return]
+
+
+def ingress_args(app_args: AppArgs, loaded: LoadedPolicy, settings: Settings) -> IngressArgs:
+    """The ingress's typed arguments: the validated policy, Redis, and billing (only with
+    Redis: meters need its stream). The Stripe key comes from `settings`."""
+    billing = None
+    if app_args.redis_url is not None:
+        billing = BillingArgs(
+            data_dir=app_args.data_dir,
+            meter_shards=app_args.meter_shards,
+            window_s=app_args.window_s,
+            grace_s=app_args.grace_s,
+            stripe_api_base=app_args.stripe_api_base,
+            stripe_api_key=settings.stripe_api_key,
+            stripe_mode=app_args.stripe_mode,
+        )
+    return IngressArgs(
+        policy=loaded.policy.model_dump(mode="json"),
+        policy_source=loaded.source,
+        app_name=app_args.app_name,
+        redis_url=app_args.redis_url,
+        redis_timeout_s=app_args.redis_timeout_s,
+        billing=billing,
     )
-
-
-def _billing(app_args: AppArgs) -> dict[str, Any] | None:
-    """What the ingress needs to write meters and start the aggregators (None: no Redis)."""
-    if app_args.redis_url is None:
-        return None
-    return {
-        "data_dir": app_args.data_dir,
-        "meter_shards": app_args.meter_shards,
-        "window_s": app_args.window_s,
-        "grace_s": app_args.grace_s,
-        "stripe_api_base": app_args.stripe_api_base,
-        "stripe_mode": app_args.stripe_mode,
-    }
 
 
 __all__ = ["AppArgs", "build_app", "deployment_logging_options"]

@@ -221,7 +221,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     async def run() -> bool:
         client = aioredis.Redis.from_url(settings.redis_url or "")
-        sink = stripe_sink_for(settings.stripe_api_base)
+        sink = stripe_sink_for(settings.stripe_api_base, settings.stripe_api_key)
         try:
             view = BillingView(client, args.shards, window_s=60, grace_s=10)
             report = await view.reconcile(sink.client, days=min(args.days, 35))

@@ -13,7 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve_app.errors import RtctsError
+from serve_app.errors import (  # re-exported: defined in the one error tree
+    SettingsError as SettingsError,
+)
 
 ENV_VARS = {
     "policy_path": "RTCTS_POLICY_PATH",
@@ -31,10 +33,6 @@ ENV_VARS = {
     "access_log": "RTCTS_ACCESS_LOG",
 }
 """Each setting reads exactly one variable, named in its description."""
-
-
-class SettingsError(RtctsError):
-    """An environment variable or argument has an invalid value."""
 
 
 POLICY_PATH = Path("policies/default.yaml")

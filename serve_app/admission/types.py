@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from serve_app.errors import RtctsError
+from serve_app.errors import (  # re-exported: defined in the one error tree
+    AdmissionError as AdmissionError,
+    AdmissionUnavailable as AdmissionUnavailable,
+)
 
 
 class RefusalCode(str, Enum):
@@ -69,11 +72,3 @@ class Usage:
     reserved_micro: int
     billed_requests: int
     billed_tokens: int
-
-
-class AdmissionError(RtctsError):
-    """Base of admission errors."""
-
-
-class AdmissionUnavailable(AdmissionError):
-    """Redis is unreachable (or the circuit breaker is open); fail-closed plans answer 503."""

@@ -29,15 +29,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from serve_app.errors import ClientDisconnected, PayloadTooLarge
 from serve_app.ingress import errors
 from serve_app.ingress.protocol import ChatCompletionRequest
 
 Route = Callable[[Scope, Receive], Awaitable[Response]]
 """A priced route: the request's scope and `receive`, returning the answer to send."""
-
-
-class ClientGone(Exception):
-    """The client disconnected before the request body arrived."""
 
 
 def route_path(scope: Scope) -> str:
@@ -65,30 +62,23 @@ def content_length(scope: Scope) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
-def too_large(max_bytes: int) -> errors.ApiError:
-    """413, closing the connection: the rest of the body is never read."""
-    error = errors.payload_too_large(max_bytes)
-    error.headers["Connection"] = "close"
-    return error
-
-
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
-    """The whole request body, at most `max_bytes` (413 beyond: `too_large`).
+    """The whole request body, at most `max_bytes` (413 beyond: `PayloadTooLarge`).
 
-    Raises ClientGone when the client disconnects first."""
+    Raises ClientDisconnected when the client disconnects first."""
     declared = content_length(scope)
     if declared is not None and declared > max_bytes:
-        raise too_large(max_bytes)
+        raise PayloadTooLarge(max_bytes)
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientGone
+            raise ClientDisconnected
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
-            raise too_large(max_bytes)
+            raise PayloadTooLarge(max_bytes)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -111,7 +101,7 @@ async def serve_route(route: Route, scope: Scope, receive: Receive, send: Send) 
     """Run a priced route and send its answer, or the error's OpenAI-shaped answer."""
     try:
         response = await route(scope, receive)
-    except ClientGone:
+    except ClientDisconnected:
         return
     except Exception as exc:  # every error gets its HTTP answer; unexpected ones are logged
         response = errors.error_for(exc).to_response()

@@ -46,15 +46,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serve_app.errors import (
+    AdmissionUnavailable,
+    BackendError,
+    BackendUnavailable,
+    BudgetExceeded,
     ContextWindowError,
+    Forbidden,
+    InvalidRequest,
+    MarginThrottled,
     ModelNotInPlanError,
+    NoCapacity,
+    NotFound,
+    PayloadTooLarge,
     PolicyError,
+    PriceCapExceeded,
     PricingError,
+    RateLimited,
     RtctsError,
+    Unauthorized,
     UnknownModelError,
 )
 from serve_app.ingress.protocol import UNSUPPORTED
-from serve_app.models.backend import BackendError, BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -216,15 +228,53 @@ def payload_too_large(limit_bytes: int) -> ApiError:
     )
 
 
+def too_large(limit_bytes: int) -> ApiError:
+    """413, closing the connection: the rest of the body is never read."""
+    error = payload_too_large(limit_bytes)
+    error.headers["Connection"] = "close"
+    return error
+
+
 def internal_error() -> ApiError:
     """500 with a generic message (the cause is logged, never sent)."""
     return ApiError(500, GENERIC_MESSAGE, type=SERVER_ERROR)
+
+
+def _request_error(exc: Exception) -> ApiError | None:
+    """The answer for the request errors of `serve_app.errors` (the table above)."""
+    match exc:
+        case Unauthorized():
+            return unauthorized()
+        case Forbidden():
+            return forbidden(str(exc))
+        case NotFound(code=code):
+            return ApiError(404, str(exc), code=code)
+        case InvalidRequest(param=param, code=code):
+            return ApiError(400, str(exc), code=code, param=param)
+        case PayloadTooLarge(limit_bytes=limit):
+            return too_large(limit)
+        case PriceCapExceeded(price_micro=price, cap_micro=cap):
+            return price_cap_exceeded(price, cap)
+        case BudgetExceeded():
+            return refused("budget_exceeded", None)
+        case RateLimited(code=code, retry_after_s=retry_after):
+            return refused(code, retry_after)
+        case MarginThrottled(retry_after_s=retry_after, reason=reason):
+            return throttled(retry_after, reason)
+        case NoCapacity(retry_after_s=retry_after):
+            return no_capacity(retry_after)
+        case AdmissionUnavailable():
+            return admission_unavailable()
+    return None
 
 
 def error_for(exc: Exception) -> ApiError:
     """The HTTP answer for an exception; unexpected ones are logged and answered generically."""
     if isinstance(exc, ApiError):
         return exc
+    answer = _request_error(exc)
+    if answer is not None:
+        return answer
     if isinstance(exc, UnknownModelError):
         return ApiError(
             404,

@@ -10,14 +10,16 @@ import shutil
 import socket
 from pathlib import Path
 
-from serve_app.errors import RtctsError
+from serve_app.errors import (  # re-exported: defined in the one error tree
+    LocalServiceError as LocalServiceError,
+)
 from serve_app.local.child import ChildServer, free_port
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "free_port", "redis_binary"]
 
 
-class EmbeddedRedisError(RtctsError):
-    """The embedded redis-server could not be found or started."""
+EmbeddedRedisError = LocalServiceError
+"""The embedded redis-server could not be found or started."""
 
 
 def redis_binary() -> str:

@@ -57,7 +57,10 @@ class AggregatorConfig:
     send_batch: int = 100
     stripe_api_base: str | None = None
     """A Stripe-compatible server (the bundled emulator by default); None with no
-    `STRIPE_API_KEY` means no Stripe: windows wait in the outbox."""
+    `stripe_api_key` means no Stripe: windows wait in the outbox."""
+    stripe_api_key: str | None = field(default=None, repr=False)
+    """Stripe's key, passed in by whoever read the environment (never logged); the
+    local test key is used against a Stripe-compatible `stripe_api_base` without one."""
     stripe_mode: str = "v1"
     """"v1": one meter event per window; "v2": meter event streams, 100 events a call."""
     customers: tuple[tuple[str, str], ...] = ()
@@ -179,24 +182,18 @@ class AggregatorLoop:
                 await asyncio.sleep(0.05)
 
 
-def stripe_sink_for(api_base: str | None, mode: str = "v1") -> StripeSink:
-    """A sink on Stripe (`STRIPE_API_KEY`) or a Stripe-compatible `api_base`. The key is
-    read here, from this process's environment: never passed around or logged; the
-    emulator takes any test key."""
-    from serve_app.settings import Settings
-
-    api_key = Settings.from_env().stripe_api_key
+def stripe_sink_for(api_base: str | None, api_key: str | None, mode: str = "v1") -> StripeSink:
+    """A sink on Stripe (with `api_key`) or on a Stripe-compatible `api_base` (the
+    emulator takes any test key: `LOCAL_TEST_KEY` when none is given)."""
     return StripeSink.connect(api_key or LOCAL_TEST_KEY, api_base, mode=mode)
 
 
 async def make_sink(config: AggregatorConfig) -> Sink | None:
     """The aggregator's sink, its meters and customers checked (created on the emulator);
     None when neither Stripe nor an emulator is configured."""
-    from serve_app.settings import Settings
-
-    if config.stripe_api_base is None and Settings.from_env().stripe_api_key is None:
+    if config.stripe_api_base is None and config.stripe_api_key is None:
         return None
-    sink = stripe_sink_for(config.stripe_api_base, config.stripe_mode)
+    sink = stripe_sink_for(config.stripe_api_base, config.stripe_api_key, config.stripe_mode)
     while True:
         try:
             await sink.ensure_setup(config.customers, METER_EVENTS)

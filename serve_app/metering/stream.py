@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.admission.breaker import CircuitBreaker
-from serve_app.errors import RtctsError
+from serve_app.errors import (  # re-exported: defined in the one error tree
+    MeterStreamError as MeterStreamError,
+)
 from serve_app.metering.entry import MeterBatch, encode_batch
 from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
@@ -68,10 +70,6 @@ SPOOL_RETRY_S = 0.5
 IDLE_CHECK_S = 1.0
 """While spooled meters wait and no meter comes in, how often to check for Redis."""
 STOP_REPLAY_WAIT_S = 5.0
-
-
-class MeterStreamError(RtctsError):
-    """Redis answered a flush with something other than one entry id per batch."""
 
 
 def stream_key(shard: int) -> str:

@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from serve_app.errors import RtctsError
+from serve_app.errors import (  # re-exported: defined in the one error tree
+    PermanentSyncError as PermanentSyncError,
+    RetryableSyncError as RetryableSyncError,
+    SyncError as SyncError,
+)
 
 METER_EVENT_BILLED = "rtcts_billed_micro_usd"
 """Stripe meter event: billed amount in micro-USD (value summed per customer)."""
@@ -53,15 +57,3 @@ class SendResult:
     status: SendStatus
     detail: str = ""
     """For RETRY/PERMANENT: Stripe's error code or the network error, never a secret."""
-
-
-class SyncError(RtctsError):
-    retryable: bool = False
-
-
-class RetryableSyncError(SyncError):
-    retryable = True
-
-
-class PermanentSyncError(SyncError):
-    retryable = False

@@ -15,6 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from serve_app.errors import (  # re-exported: defined in the one error tree
+    BackendError as BackendError,
+    BackendUnavailable as BackendUnavailable,
+    GenerationFailed as GenerationFailed,
+)
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -77,18 +83,6 @@ class LoadReport:
     kv_cache_usage: float | None = None
     """Share of KV cache in use (0..1), where the engine reports it."""
     extra: dict[str, float] = field(default_factory=dict)
-
-
-class BackendError(Exception):
-    """The backend could not serve the request; nothing is billed for it."""
-
-
-class BackendUnavailable(BackendError):
-    """The backend is not ready (still loading, closed, or its upstream is down)."""
-
-
-class GenerationFailed(BackendError):
-    """Generation failed part-way (an injected fault, an engine or upstream error)."""
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Message, Receive, Scope
 
+from serve_app.errors import PayloadTooLarge
 from serve_app.ingress.asgi import (
     IngressASGI,
     content_length,
@@ -19,7 +20,7 @@ from serve_app.ingress.asgi import (
     read_body,
     route_path,
 )
-from serve_app.ingress.errors import ApiError
+from serve_app.ingress.errors import error_for
 from tests.factories import http_scope
 
 ran: list[str] = []
@@ -127,10 +128,11 @@ def test_read_body_over_the_limit_is_413_and_closes(
     async def receive() -> Message:
         return messages.pop(0)
 
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(PayloadTooLarge) as raised:
         asyncio.run(read_body(scope_of("POST", "/", **headers), receive, 4))
-    assert (raised.value.status, raised.value.code) == (413, "payload_too_large")
-    assert raised.value.headers["Connection"] == "close"
+    answer = error_for(raised.value)
+    assert (answer.status, answer.code) == (413, "payload_too_large")
+    assert answer.headers["Connection"] == "close"
 
 
 def test_headers_of_takes_the_first_value_of_each_name() -> None:

@@ -1,0 +1,112 @@
+"""The values of one priced request on its way through the ingress (no HTTP here).
+
+A `ChatCall` is made once the request is decided and admitted; every later step
+(serve, settle, meter, render) takes it whole instead of its parts. What the service
+returns is one of the values below; `render.py` turns them into OpenAI JSON, SSE and
+headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serve_app.ingress.protocol import ChatCompletionRequest
+from serve_app.models.backend import Completion, GenerationRequest
+from serve_app.policy import Tenant
+from serve_app.pricing import Decision, PriceRequest
+from serve_app.pricing.billing import Bill
+from serve_app.pricing.types import CandidateQuote
+
+
+@dataclass(frozen=True, slots=True)
+class Quoted:
+    """A decision and the request it priced (`POST /v1/quote`, and the first step of chat)."""
+
+    request: PriceRequest
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """One request decided to be served and admitted: everything the steps after need."""
+
+    tenant: Tenant
+    body: ChatCompletionRequest
+    decision: Decision
+    request_id: str
+    """Made by the server: the admission member, settle key and meter's request id."""
+    generation: GenerationRequest
+    service_s: float
+    """How long it will hold a batch slot, for the queue wait of those behind it."""
+    id_made_here: bool = False
+    """True when no upstream layer sent the id back to the client (render adds it)."""
+
+    @property
+    def chosen(self) -> CandidateQuote:
+        chosen = self.decision.chosen
+        assert chosen is not None  # a call exists only for a request that is served
+        return chosen
+
+    @property
+    def model_id(self) -> str:
+        return self.chosen.model_id
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A finished generation, however it was delivered: the verified tokens and latency."""
+
+    input_tokens: int
+    output_tokens: int
+    ttft_s: float
+    total_s: float
+
+    @property
+    def tpot_s(self) -> float:
+        return (
+            (self.total_s - self.ttft_s) / (self.output_tokens - 1)
+            if self.output_tokens > 1
+            else 0.0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    """A finished, billed, metered chat completion (not streamed)."""
+
+    call: ChatCall
+    completion: Completion
+    served: Served
+    bill: Bill
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The first event of a stream: the generation has started on the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamText:
+    """A piece of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of a stream that finished: billed and metered."""
+
+    finish_reason: str
+    served: Served
+    bill: Bill
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """The last event of a stream that failed after it began: not billed, metered as failed.
+    `error` is a domain error (a `BackendError`)."""
+
+    error: Exception
+
+
+StreamEvent = StreamOpened | StreamText | StreamEnd | StreamFailed

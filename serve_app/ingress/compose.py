@@ -1,0 +1,236 @@
+"""Wiring of one ingress replica, in one function: typed arguments in, its parts out.
+
+`compose(args, handles, platform)` builds the policy's price book, the live cluster
+state, admission, the meter sink, the billing view, the settlement, the chat service
+and the read-only views. What it needs of Ray (the load registry, the Serve controller,
+Ray metrics, the aggregator actors) comes in as a `Platform`, so a unit test builds the
+whole ingress without Ray; `ray_platform()` is the real one. The environment is not
+read here: the builder reads `Settings` once and passes what is needed in `IngressArgs`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from serve_app.admission import AdmissionGate, Limits, RedisAdmission
+from serve_app.admission.gate import DEFAULT_TIMEOUT_S
+from serve_app.cluster.reports import ReplicaReport
+from serve_app.cluster.serve_adapter import DeploymentInfo
+from serve_app.cluster.snapshot import Scaling
+from serve_app.cluster.state import ClusterState
+from serve_app.ingress.history import OutputHistory
+from serve_app.ingress.service import ChatService, ModelHandle
+from serve_app.ingress.settlement import Settlement
+from serve_app.ingress.views import Views
+from serve_app.metering.aggregator import AggregatorConfig, stripe_sink_for
+from serve_app.metering.meter import MemorySink, MeterSink
+from serve_app.metering.stream import MeterStreamWriter
+from serve_app.metering.stripe_sink import StripeSink
+from serve_app.metering.view import BillingView
+from serve_app.policy import LoadedPolicy, load_policy_dict
+from serve_app.pricing import PriceBook
+from serve_app.pricing.book import usd_to_micro
+from serve_app.telemetry import Metrics
+
+REDIS_CONNECTIONS = 64
+"""Redis connections per ingress replica (admission and billing views)."""
+
+
+class BillingArgs(BaseModel):
+    """Where meters go and how the aggregators bill them (set when Redis is configured)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: str = Field(default=".rtcts", description="The meter spool lives under it.")
+    meter_shards: int = Field(default=1, ge=1, le=64, description="Meter streams.")
+    window_s: int = Field(default=60, ge=1, description="Billing window length, seconds.")
+    grace_s: int = Field(default=10, ge=0, description="Seconds a window stays open after it.")
+    stripe_api_base: str | None = Field(
+        default=None, description="A Stripe-compatible server; None: Stripe itself (with a key)."
+    )
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="Stripe key (STRIPE_API_KEY, read once by the builder)."
+    )
+    stripe_mode: str = Field(default="v1", pattern="^v[12]$", description="v1 or v2 meter events.")
+
+    def stripe_key(self) -> str | None:
+        return None if self.stripe_api_key is None else self.stripe_api_key.get_secret_value()
+
+
+class IngressArgs(BaseModel):
+    """Everything one ingress replica is built from (bound by `build_app`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: dict[str, Any] = Field(description="The validated policy, as a dict.")
+    policy_source: str = Field(default="<policy>", description="Where the policy came from.")
+    app_name: str = Field(default="rtcts", description="The Serve application's name.")
+    redis_url: SecretStr | None = Field(
+        default=None, description="Redis for admission and meters; None: neither."
+    )
+    redis_timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S, gt=0, description="Longest wait on Redis per request."
+    )
+    billing: BillingArgs | None = Field(default=None, description="None: meters stay in memory.")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the ingress needs from Ray, injected (fakes in unit tests)."""
+
+    fetch_reports: Callable[[], Awaitable[list[ReplicaReport]]]
+    fetch_deployments: Callable[[], Awaitable[dict[str, DeploymentInfo]]]
+    metrics: Metrics
+    start_aggregators: Callable[[AggregatorConfig], object]
+    clock: Callable[[], float] = time.time
+
+
+def ray_platform(app_name: str) -> Platform:
+    """The real platform: the load registry actor, the Serve controller, Ray metrics and
+    the detached aggregator actors."""
+    from serve_app.cluster.registry import get_or_create_registry
+    from serve_app.cluster.serve_adapter import ServeControllerAdapter
+    from serve_app.metering.aggregator import ensure_aggregators
+    from serve_app.telemetry import RayMetrics
+
+    registry = get_or_create_registry()
+
+    async def fetch_reports() -> list[ReplicaReport]:
+        reports: list[ReplicaReport] = await registry.snapshot.remote()
+        return reports
+
+    return Platform(
+        fetch_reports,
+        ServeControllerAdapter(app_name).deployments,
+        RayMetrics(),
+        ensure_aggregators,
+    )
+
+
+@dataclass
+class IngressParts:
+    """One ingress replica's parts. `start()` on the serving loop, `stop()` at shutdown."""
+
+    service: ChatService
+    views: Views
+    state: ClusterState
+    sink: MeterSink
+    """Where meters go: the stream writer with Redis, else an in-memory sink."""
+    writer: MeterStreamWriter | None
+    billing: BillingArgs | None
+
+    def start(self) -> None:
+        self.state.start()
+        if self.writer is not None:
+            self.writer.start()
+
+    async def stop(self) -> None:
+        await self.state.stop()
+        if self.writer is not None:
+            await self.writer.stop()  # flushes every buffered meter (or spools it)
+
+    def stripe_sink(self) -> StripeSink:
+        """A sink on the configured Stripe, for an admin reconcile (close it after use)."""
+        billing = self.billing or BillingArgs()
+        return stripe_sink_for(billing.stripe_api_base, billing.stripe_key())
+
+
+def plan_limits(policy: LoadedPolicy) -> dict[str, Limits]:
+    return {
+        p.id: Limits(
+            p.limits.requests_per_minute,
+            p.limits.tokens_per_minute,
+            usd_to_micro(p.limits.monthly_budget_usd),
+        )
+        for p in policy.policy.plans
+    }
+
+
+def compose(
+    args: IngressArgs, handles: Mapping[str, ModelHandle], platform: Platform
+) -> IngressParts:
+    """Build one ingress replica from its arguments (nothing started: `parts.start()`)."""
+    loaded = load_policy_dict(args.policy, source=args.policy_source)
+    book = PriceBook.from_policy(loaded.policy, loaded.version)
+    metrics = platform.metrics
+    state = ClusterState(
+        {
+            m.id: Scaling(
+                m.cold_start_s,
+                m.autoscaling.target_ongoing_requests,
+                m.autoscaling.min_replicas,
+                m.autoscaling.max_replicas,
+            )
+            for m in loaded.policy.models
+        },
+        platform.fetch_reports,
+        platform.fetch_deployments,
+        clock=platform.clock,
+        on_replicas=metrics.live_state,
+    )
+    admission: AdmissionGate | None = None
+    billing_view: BillingView | None = None
+    writer: MeterStreamWriter | None = None
+    sink: MeterSink = MemorySink()
+    if args.redis_url is not None:
+        import redis.asyncio as aioredis
+
+        redis_url = args.redis_url.get_secret_value()
+        # A blocking pool: under a burst, requests wait for a free connection (within
+        # the gate's time bound) instead of failing with "too many connections", which
+        # would look like an outage.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=None,
+            socket_timeout=args.redis_timeout_s,
+            socket_connect_timeout=args.redis_timeout_s,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        admission = AdmissionGate(RedisAdmission(client), timeout_s=args.redis_timeout_s)
+        if args.billing is not None:
+            billing = args.billing
+            # Verified meters go to the Redis stream (spooled to disk while Redis is down);
+            # the aggregator actors that read it are created once, detached.
+            writer = MeterStreamWriter.from_url(
+                redis_url, Path(billing.data_dir) / "spool", shards=billing.meter_shards
+            )
+            sink = writer
+            billing_view = BillingView(
+                client, billing.meter_shards, window_s=billing.window_s, grace_s=billing.grace_s
+            )
+            platform.start_aggregators(
+                AggregatorConfig(
+                    redis_url=redis_url,
+                    instance=args.app_name,
+                    shards=billing.meter_shards,
+                    window_s=billing.window_s,
+                    grace_s=billing.grace_s,
+                    stripe_api_base=billing.stripe_api_base,
+                    stripe_api_key=billing.stripe_key(),
+                    stripe_mode=billing.stripe_mode,
+                    customers=tuple((t.stripe_customer_id, t.id) for t in loaded.policy.tenants),
+                )
+            )
+    limits = plan_limits(loaded)
+    history = OutputHistory()
+    settlement = Settlement(
+        book,
+        {p.id: Fraction(p.sla.credit_fraction) for p in loaded.policy.plans},
+        sink,
+        metrics,
+        history,
+        admission,
+    )
+    service = ChatService(
+        loaded, book, state, handles, settlement, history, metrics, limits, admission
+    )
+    views = Views(loaded, book, state, limits, admission, billing_view)
+    return IngressParts(service, views, state, sink, writer, args.billing)

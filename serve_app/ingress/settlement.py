@@ -1,0 +1,128 @@
+"""After a served request: bill the verified tokens, settle admission, emit the meter.
+
+Guarantees kept here, for every request that was admitted:
+- exactly one meter is emitted: billable after a finished generation, non-billable
+  (billed 0, with the failure's name) after a failure or a cancel; never both;
+- the admission reservation is settled to the verified tokens and bill, or released
+  (0, 0) after a failure, in the background (the gate retries while Redis is down);
+- the bill is the pure `pricing.billing.bill` of the verified counts and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from fractions import Fraction
+
+from serve_app.admission import AdmissionGate
+from serve_app.ingress.call import ChatCall, Served
+from serve_app.ingress.history import OutputHistory
+from serve_app.metering.meter import Meter, MeterSink, new_meter_id
+from serve_app.pricing import PriceBook
+from serve_app.pricing.billing import Bill, bill
+from serve_app.telemetry import Metrics
+
+logger = logging.getLogger("rtcts.ingress")
+
+
+def margin(price_micro: int, cost_micro: int) -> float:
+    """(price − cost) / price; 0 for a free request."""
+    return (price_micro - cost_micro) / price_micro if price_micro else 0.0
+
+
+class Settlement:
+    """Bills, settles and meters finished or failed requests of one policy version."""
+
+    def __init__(
+        self,
+        book: PriceBook,
+        credits: Mapping[str, Fraction],
+        sink: MeterSink,
+        metrics: Metrics,
+        history: OutputHistory,
+        admission: AdmissionGate | None,
+    ) -> None:
+        self._book = book
+        self._credit = credits
+        self._sink = sink
+        self._metrics = metrics
+        self._history = history
+        self._admission = admission
+        self._background: set[asyncio.Task[None]] = set()
+
+    def settle(self, call: ChatCall, served: Served) -> Bill:
+        """A finished generation: its bill, settled and metered."""
+        the_bill = bill(
+            call.decision,
+            self._book.plans[call.tenant.plan],
+            input_tokens=served.input_tokens,
+            output_tokens=served.output_tokens,
+            ttft_s=served.ttft_s,
+            tpot_s=served.tpot_s,
+            credit_fraction=self._credit[call.tenant.plan],
+            max_price_micro=call.body.price_cap_micro(),
+        )
+        chosen = call.chosen
+        self._history.observe(call.tenant.id, chosen.model_id, served.output_tokens)
+        self._settle_admission(
+            call, served.input_tokens + served.output_tokens, the_bill.billed_micro
+        )
+        self._metrics.billed(
+            chosen.model_id,
+            the_bill.billed_micro,
+            chosen.cost_micro,
+            margin(the_bill.billed_micro, chosen.cost_micro),
+        )
+        self._sink.emit(meter_for(call, served, the_bill, failure=None))
+        return the_bill
+
+    def fail(self, call: ChatCall, exc: BaseException) -> None:
+        """A served request failed or was cancelled: a non-billable meter, never a charge."""
+        failure = "cancelled" if not isinstance(exc, Exception) else type(exc).__name__
+        self._metrics.failure(call.model_id)
+        self._settle_admission(call, 0, 0)  # failed: release, never charge
+        logger.warning("request %s on %s failed: %s", call.request_id, call.model_id, failure)
+        self._sink.emit(meter_for(call, None, None, failure=failure))
+
+    def _settle_admission(self, call: ChatCall, tokens: int, billed_micro: int) -> None:
+        """Settle the reservation in the background (the gate retries if Redis is down)."""
+        if self._admission is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._admission.settle(call.tenant.id, call.request_id, tokens, billed_micro)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def meter_for(
+    call: ChatCall, served: Served | None, the_bill: Bill | None, failure: str | None
+) -> Meter:
+    """The verified meter of a request: billable with its bill, or failed with nothing."""
+    decision = call.decision
+    chosen = decision.chosen
+    return Meter(
+        meter_id=new_meter_id(),
+        request_id=call.request_id,
+        tenant_id=call.tenant.id,
+        stripe_customer_id=call.tenant.stripe_customer_id,
+        plan_id=call.tenant.plan,
+        requested_model=call.body.model,
+        served_model=decision.model_id or "",
+        decision=decision.action.value,
+        input_tokens=served.input_tokens if served else 0,
+        output_tokens=served.output_tokens if served else 0,
+        ttft_ms=round(served.ttft_s * 1000, 3) if served else 0.0,
+        total_ms=round(served.total_s * 1000, 3) if served else 0.0,
+        sla_met=the_bill.sla_met if the_bill else False,
+        cost_micro=chosen.cost_micro if chosen and served else 0,
+        list_price_micro=the_bill.list_price_micro if the_bill else 0,
+        credit_micro=the_bill.credit_micro if the_bill else 0,
+        billed_micro=the_bill.billed_micro if the_bill else 0,
+        billable=the_bill is not None,
+        policy_version=decision.policy_version,
+        ended_at_ms=int(time.time() * 1000),
+        failure=failure,
+    )
