@@ -1,4 +1,9 @@
-"""build_app's deployment options: the policy's per-model options and Serve's access log."""
+"""`build_app` and `AppArgs`: the builder's own rules, on what they return or raise.
+
+No Ray cluster and none of Serve's private fields: a bound `Application` shows nothing
+public but its type, so the deployment options are checked on the public functions
+that make them.
+"""
 
 from __future__ import annotations
 
@@ -7,63 +12,163 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
+from ray.serve import Application
 
-from serve_app.builder import build_app, deployment_logging_options
+import serve_app.builder as builder
+from serve_app.builder import (
+    SUPPORTED_BACKENDS,
+    AppArgs,
+    build_app,
+    deployment_logging_options,
+    model_deployment_options,
+)
+from serve_app.errors import PolicyError
+from serve_app.policy import load_policy_dict
+from serve_app.policy.schema import BackendKind
+from tests.fakes import model_dict, policy_dict
 
 ROOT = Path(__file__).resolve().parents[2]
-POLICY: dict[str, Any] = yaml.safe_load((ROOT / "policies" / "default.yaml").read_text())
+ONE_POLICY = "exactly one of policy_path and policy"
 
 
-def _configs(args: dict[str, Any]) -> dict[str, Any]:
-    """Deployment name -> DeploymentConfig of the ingress and every model of the app."""
-    ingress = build_app({"policy": POLICY, **args})._bound_deployment
-    handles: dict[str, Any] = ingress.init_args[1]
-    configs = {ingress.name: ingress._deployment_config}
-    for name, model in handles.items():
-        configs[name] = model._bound_deployment._deployment_config
-    return configs
+def _policy_file(tmp_path: Path, policy: dict[str, Any]) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return str(path)
 
 
-def test_access_log_lines_are_off_for_every_deployment_by_default(
-    monkeypatch: pytest.MonkeyPatch,
+# ------------------------------------------------------- exactly one policy source
+
+
+def test_both_policy_and_policy_path_are_refused(tmp_path: Path) -> None:
+    args = {"policy": policy_dict(), "policy_path": _policy_file(tmp_path, policy_dict())}
+
+    with pytest.raises(ValidationError, match=ONE_POLICY):
+        AppArgs.model_validate(args)
+    with pytest.raises(ValidationError, match=ONE_POLICY):
+        build_app(args)
+
+
+def test_neither_policy_nor_policy_path_is_refused() -> None:
+    with pytest.raises(ValidationError, match=ONE_POLICY):
+        AppArgs.model_validate({})
+    with pytest.raises(ValidationError, match=ONE_POLICY):
+        build_app({"app_name": "no-policy"})
+
+
+def test_either_one_alone_is_accepted(tmp_path: Path) -> None:
+    path = _policy_file(tmp_path, policy_dict())
+
+    assert AppArgs.model_validate({"policy": policy_dict()}).load_policy().policy.models
+    assert AppArgs.model_validate({"policy_path": path}).load_policy().policy.models
+
+
+# ------------------------------------------------------------ supported backends
+
+UNSUPPORTED = sorted(set(BackendKind) - SUPPORTED_BACKENDS, key=lambda kind: kind.value)
+SUPPORTED = sorted(SUPPORTED_BACKENDS, key=lambda kind: kind.value)
+
+
+def _name(kind: BackendKind) -> str:
+    return kind.value
+
+
+def _model_on(backend: BackendKind, model_id: str) -> dict[str, Any]:
+    upstream = {"upstream_url": "http://127.0.0.1:8000"}
+    extra = upstream if backend is BackendKind.OPENAI_UPSTREAM else {}
+    return model_dict(model_id, backend=backend.value, **extra)
+
+
+@pytest.mark.parametrize("backend", UNSUPPORTED, ids=_name)
+def test_a_model_on_an_unsupported_backend_is_a_policy_error_naming_it(
+    backend: BackendKind,
 ) -> None:
-    monkeypatch.delenv("RTCTS_ACCESS_LOG", raising=False)
-    configs = _configs({})
-    assert set(configs) == {"Ingress"} | {m["id"] for m in POLICY["models"]}
-    for config in configs.values():
-        assert config.logging_config is not None
-        assert config.logging_config["enable_access_log"] is False
-        assert config.logging_config["log_level"] == "INFO"  # the rest is Serve's default
+    policy = policy_dict(models=[model_dict("served"), _model_on(backend, "not-yet")])
+    load_policy_dict(policy)  # a valid policy: only the builder refuses it
+
+    with pytest.raises(PolicyError) as refused:
+        build_app({"policy": policy})
+
+    assert [issue.path for issue in refused.value.issues] == ["models[1].backend"]
+    assert "models[1].backend" in str(refused.value)
+    assert backend.value in str(refused.value)
 
 
-def test_the_setting_turns_them_back_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RTCTS_ACCESS_LOG", "1")
-    for config in _configs({}).values():
-        assert config.logging_config is None  # Serve's defaults: access log lines on
+@pytest.mark.parametrize("backend", SUPPORTED, ids=_name)
+def test_a_model_on_a_supported_backend_builds_an_application(backend: BackendKind) -> None:
+    app = build_app({"policy": policy_dict(models=[_model_on(backend, "m")])})
+
+    assert isinstance(app, Application)
 
 
-def test_an_explicit_argument_wins_over_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RTCTS_ACCESS_LOG", "1")
-    for config in _configs({"access_log": False}).values():
-        assert config.logging_config["enable_access_log"] is False
-    monkeypatch.setenv("RTCTS_ACCESS_LOG", "0")
-    for config in _configs({"access_log": True}).values():
-        assert config.logging_config is None
+def test_the_shipped_policy_file_builds_an_application() -> None:
+    app = build_app({"policy_path": str(ROOT / "policies" / "default.yaml")})
+
+    assert isinstance(app, Application)
 
 
-def test_model_options_come_from_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RTCTS_ACCESS_LOG", raising=False)
-    configs = _configs({"ingress_replicas": 2, "ingress_max_ongoing_requests": 256})
-    assert configs["Ingress"].num_replicas == 2
-    assert configs["Ingress"].max_ongoing_requests == 256
-    for spec in POLICY["models"]:
-        config = configs[spec["id"]]
-        batch = spec["throughput"]["max_concurrent_sequences"]
-        assert config.max_ongoing_requests == 2 * batch
-        assert config.autoscaling_config.min_replicas == spec["autoscaling"]["min_replicas"]
+# ------------------------------------------------------------- deployment options
+
+
+def test_model_options_come_from_the_policy() -> None:
+    model = model_dict(
+        "m",
+        throughput={**model_dict()["throughput"], "max_concurrent_sequences": 24},
+        autoscaling={"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 6},
+    )
+    spec = load_policy_dict(policy_dict(models=[model])).policy.models[0]
+
+    options = model_deployment_options(spec)
+
+    assert options["name"] == "m"
+    assert options["max_ongoing_requests"] == 2 * 24
+    scaling = options["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["initial_replicas"]) == (0, 0)
+    assert scaling["max_replicas"] == 3
+    assert scaling["target_ongoing_requests"] == 6
 
 
 def test_logging_options() -> None:
     assert deployment_logging_options(True) == {}
     (config,) = deployment_logging_options(False).values()
     assert config.enable_access_log is False
+
+
+@pytest.fixture
+def access_logs(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The access_log each `build_app` resolved, as handed to `deployment_logging_options`."""
+    seen: list[bool] = []
+
+    def spy(access_log: bool) -> dict[str, Any]:
+        seen.append(access_log)
+        return deployment_logging_options(access_log)
+
+    monkeypatch.setattr(builder, "deployment_logging_options", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("setting", "argument", "resolved"),
+    [
+        (None, None, False),  # off by default
+        ("1", None, True),  # the setting turns access log lines back on
+        ("1", False, False),  # an explicit argument wins over the setting
+        ("0", True, True),
+    ],
+)
+def test_access_log_argument_wins_over_the_setting_which_defaults_off(
+    monkeypatch: pytest.MonkeyPatch,
+    access_logs: list[bool],
+    setting: str | None,
+    argument: bool | None,
+    resolved: bool,
+) -> None:
+    if setting is None:
+        monkeypatch.delenv("RTCTS_ACCESS_LOG", raising=False)
+    else:
+        monkeypatch.setenv("RTCTS_ACCESS_LOG", setting)
+
+    build_app({"policy": policy_dict(), "access_log": argument})
+
+    assert access_logs == [resolved]
