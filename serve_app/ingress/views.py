@@ -13,8 +13,8 @@ from serve_app.admission import AdmissionGate, Limits
 from serve_app.cluster.state import ClusterState
 from serve_app.errors import AdmissionUnavailable, Forbidden, NotFound, Unauthorized
 from serve_app.ingress.auth import TenantDirectory
+from serve_app.ingress.documents import candidate_json, usd
 from serve_app.ingress.protocol import ModelCard, ModelList
-from serve_app.ingress.render import candidate_json, usd
 from serve_app.metering.view import BillingView
 from serve_app.policy import LoadedPolicy, Tenant, hash_api_key
 from serve_app.pricing import PriceBook, PriceRequest, quote

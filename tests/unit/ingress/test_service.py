@@ -20,9 +20,10 @@ from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
-from serve_app.ingress import errors, render
+from serve_app.ingress import errors
 from serve_app.ingress.app import answer_chat
 from serve_app.ingress.compose import IngressArgs, IngressParts, Platform, compose
+from serve_app.ingress.documents import completion_json, decision_json
 from serve_app.ingress.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -30,7 +31,6 @@ from serve_app.ingress.protocol import (
     ResponseMessage,
     Usage,
 )
-from serve_app.ingress.render import completion_json
 from serve_app.ingress.service import ChatService
 from serve_app.metering.meter import MemorySink, Meter
 from serve_app.models.backend import (
@@ -167,7 +167,7 @@ class Harness:
 
     def quote(self, tenant: Tenant, body: ChatCompletionRequest) -> dict[str, Any]:
         """`POST /v1/quote`'s JSON."""
-        return render.decision_json(self.service.quote(tenant, body))
+        return decision_json(self.service.quote(tenant, body))
 
     async def chat(self, tenant: Tenant, body: ChatCompletionRequest) -> Response:
         """`POST /v1/chat/completions`'s answer, as the route builds it."""
