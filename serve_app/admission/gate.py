@@ -14,6 +14,27 @@ Guarantees:
 - a settle that cannot reach Redis is kept and retried (oldest first) after the next
   successful call, so verified usage is not lost; reservations it would have released
   expire in Redis on their own.
+
+Outage spend ("nothing free"): a request the local limiter admitted while Redis was down
+is settled in the local limiter (so the outage keeps its budget) AND queued like any
+settle that could not reach Redis, with its server-generated request id and the time it
+settled. When Redis answers again the queue is replayed, oldest first, through the same
+`settle` script, which counts a request id once (the `settled` set). What holds at each
+step of that flush, if it stops right there:
+- a settle landed and its answer came back: it is off the queue, and the local limiter
+  moved its spend from "not yet in Redis" to Redis's total (counted once, here and there);
+- a settle landed and its answer was lost (timeout, the process or Redis died in between):
+  it stays first in the queue and is sent again; the script finds its id and adds nothing.
+  A settle that may have landed is retried only within `SETTLE_DEDUP_S` of that attempt
+  (after it Redis may have forgotten the id): past that it is dropped with a warning, an
+  undercount rather than a double count;
+- the flush is interrupted or run again (two successful calls, two flushes): what is off
+  the queue is never sent again, what is still on it is sent again: idempotent;
+- this process dies with settles queued: they are lost from the Redis budget (the queue is
+  in memory), never doubled. The verified meters, which are what is billed, are on the
+  durable meter path (stream or disk spool) whatever happens here.
+The spend counts in the month it settled in, and its tokens in the sliding window only
+if that moment is still inside it (`RedisAdmission.settle(age_s=...)`).
 """
 
 from __future__ import annotations
@@ -23,11 +44,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from serve_app.admission.breaker import CircuitBreaker
 from serve_app.admission.local import LocalLimiter
-from serve_app.admission.redis_store import RedisAdmission
+from serve_app.admission.redis_store import SETTLE_DEDUP_S, RedisAdmission
 from serve_app.admission.types import (
     AdmissionUnavailable,
     Admitted,
@@ -46,6 +68,25 @@ be busy for hundreds of milliseconds, and a slow answer must not read as an outa
 timed-out call may still have been admitted in Redis). A dead Redis refuses connections
 at once; a hung one costs this much for a few requests, until the breaker opens."""
 MAX_PENDING_SETTLES = 100_000
+RETRY_MARGIN_S = 60.0
+"""A settle that may have landed is retried only until `SETTLE_DEDUP_S` minus this after
+the attempt (clock differences, the time the retry takes)."""
+
+
+@dataclass(slots=True)
+class _Settle:
+    """A settle waiting for Redis."""
+
+    tenant_id: str
+    request_id: str
+    tokens: int
+    billed_micro: int
+    at_s: float
+    """When the request settled (the gate's clock)."""
+    local: bool
+    """Admitted by the local limiter (Redis never held its reservation)."""
+    maybe_landed_s: float | None = None
+    """When an attempt ended without an answer (it may have landed in Redis)."""
 
 
 class AdmissionGate:
@@ -62,8 +103,11 @@ class AdmissionGate:
         self._breaker = breaker or CircuitBreaker()
         self._local = LocalLimiter()
         self._clock = clock
-        self._pending: deque[tuple[str, str, int, int]] = deque(maxlen=MAX_PENDING_SETTLES)
+        self._pending: deque[_Settle] = deque()
+        self._flushing = False
         self.outages = 0
+        self.dropped_settles = 0
+        """Settles given up: the queue was full, or a retry could have counted twice."""
         self.degraded_admissions = 0
         self.failures: dict[str, int] = {}
         """Failed Redis calls by exception type (for /healthz)."""
@@ -79,6 +123,7 @@ class AdmissionGate:
             "degraded_admissions": self.degraded_admissions,
             "failed_calls": dict(self.failures),
             "pending_settles": len(self._pending),
+            "dropped_settles": self.dropped_settles,
         }
 
     async def admit(self, ticket: Ticket, limits: Limits, *, fail_open: bool) -> Admitted | Refused:
@@ -96,7 +141,7 @@ class AdmissionGate:
                 self._down(exc)
             else:
                 if isinstance(result, Admitted):
-                    self._local.last_settled_micro[ticket.tenant_id] = result.settled_micro
+                    self._local.saw_redis(ticket.tenant_id, result.settled_micro, self._clock())
                 await self._up()
                 return result
         if not fail_open:
@@ -106,19 +151,24 @@ class AdmissionGate:
 
     async def settle(self, tenant_id: str, request_id: str, tokens: int, billed_micro: int) -> None:
         """Settle a request (0 tokens and 0 billed for a failed one). Never raises."""
-        if self._local.settle(tenant_id, request_id, billed_micro):
-            return  # admitted during an outage: Redis never held its reservation
-        item = (tenant_id, request_id, tokens, billed_micro)
+        now = self._clock()
+        # Admitted during an outage: Redis never held its reservation, but its spend must
+        # still reach Redis's budget (module docstring: "Outage spend").
+        local = self._local.settle(tenant_id, request_id, billed_micro, now)
+        item = _Settle(tenant_id, request_id, tokens, billed_micro, now, local)
         if not self._breaker.allow():
-            self._pending.append(item)
+            self._enqueue(item)
             return
-        try:
-            await self._call(self._store.settle(*item))
-        except _REDIS_ERRORS as exc:
-            self._down(exc)
-            self._pending.append(item)
-        else:
-            await self._up()
+        if not await self._send(item):
+            self._enqueue(item)
+            return
+        await self._flush()
+
+    async def flush_settles(self) -> int:
+        """Send the queued settles now (if Redis answers); returns how many are left."""
+        if self._pending and self._breaker.allow():
+            await self._flush()
+        return len(self._pending)
 
     async def usage(self, tenant_id: str) -> Usage:
         if not self._breaker.allow():
@@ -147,23 +197,86 @@ class AdmissionGate:
             )
 
     async def _up(self) -> None:
+        self._mark_up()
+        await self._flush()
+
+    def _mark_up(self) -> None:
         if self._breaker.success():
             logger.warning("Redis reachable again: admission back on Redis")
-        while self._pending:
-            item = self._pending[0]
-            try:
-                await self._call(self._store.settle(*item))
-            except _REDIS_ERRORS as exc:
-                self._down(exc)
-                return
-            self._pending.popleft()
+
+    async def _flush(self) -> None:
+        """Replay queued settles, oldest first, until one fails (see the module docstring
+        for what holds if this stops anywhere). One flush at a time: a second caller
+        returns at once, the running flush gets to what it queued."""
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._pending:
+                item = self._pending[0]
+                if item.maybe_landed_s is not None and (
+                    self._clock() - item.maybe_landed_s > SETTLE_DEDUP_S - RETRY_MARGIN_S
+                ):
+                    self._pending.popleft()
+                    self.dropped_settles += 1
+                    logger.warning(
+                        "settle of request %s (tenant %s) dropped: it may have landed over "
+                        "%d s ago, and a retry could count it twice",
+                        item.request_id,
+                        item.tenant_id,
+                        SETTLE_DEDUP_S,
+                    )
+                    continue
+                if not await self._send(item):
+                    return
+                # Dies here: the settle is in Redis, and still first in a queue that lives
+                # in memory only; a retry would find its id settled and add nothing.
+                if self._pending and self._pending[0] is item:
+                    self._pending.popleft()
+        finally:
+            self._flushing = False
+
+    async def _send(self, item: _Settle) -> bool:
+        """One settle through the idempotent script; False (and the breaker told) when
+        Redis did not answer."""
+        try:
+            await self._call(
+                self._store.settle(
+                    item.tenant_id,
+                    item.request_id,
+                    item.tokens,
+                    item.billed_micro,
+                    age_s=max(0.0, self._clock() - item.at_s),
+                )
+            )
+        except _REDIS_ERRORS as exc:
+            if _ambiguous(exc) and item.maybe_landed_s is None:
+                item.maybe_landed_s = self._clock()
+            self._down(exc)
+            return False
+        self._mark_up()
+        if item.local:
+            self._local.synced(item.tenant_id, item.billed_micro, item.at_s)
+        return True
+
+    def _enqueue(self, item: _Settle) -> None:
+        if len(self._pending) >= MAX_PENDING_SETTLES:
+            dropped = self._pending.popleft()
+            self.dropped_settles += 1
+            if self.dropped_settles == 1 or self.dropped_settles % 10_000 == 0:
+                logger.error(
+                    "settle queue full (%d): dropped the oldest (request %s); %d dropped so far",
+                    MAX_PENDING_SETTLES,
+                    dropped.request_id,
+                    self.dropped_settles,
+                )
+        self._pending.append(item)
 
 
 def _ambiguous(exc: BaseException) -> bool:
     """Not evidence of an outage: a timeout (the outcome is unknown) or this process's
     own connection pool being full. A refused or reset connection is evidence."""
-    from redis.exceptions import MaxConnectionsError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import MaxConnectionsError, TimeoutError as RedisTimeoutError
 
     return isinstance(
         exc, TimeoutError | asyncio.TimeoutError | RedisTimeoutError | MaxConnectionsError

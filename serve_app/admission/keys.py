@@ -4,8 +4,15 @@ script touches one Redis Cluster slot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 PREFIX = "rtcts:adm"
+
+
+def month_of(now_s: float) -> str:
+    """The calendar month (UTC) of a time: the budget's period, in Redis's month keys and
+    in the local fail-open limiter alike."""
+    return datetime.fromtimestamp(now_s, UTC).strftime("%Y-%m")
 
 
 @dataclass(frozen=True, slots=True)

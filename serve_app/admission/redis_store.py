@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serve_app.admission.keys import TenantKeys
+from serve_app.admission.keys import TenantKeys, month_of
 from serve_app.admission.types import Admitted, Limits, RefusalCode, Refused, Ticket, Usage
 
 LUA_DIR = Path(__file__).with_name("lua")
 ADMIT_LUA = (LUA_DIR / "admit.lua").read_text(encoding="utf-8")
 SETTLE_LUA = (LUA_DIR / "settle.lua").read_text(encoding="utf-8")
 RESERVATION_TTL_S = 600.0
+SETTLE_DEDUP_S = 3600
+"""How long `settle` remembers a settled request id (its `settled` ZSET): a retry of the
+same settle within this time is answered 0 and adds nothing. Retrying later could count
+twice, so the gate never retries a settle that may have landed this long ago."""
 
-
-def month_of(now_s: float) -> str:
-    return datetime.fromtimestamp(now_s, UTC).strftime("%Y-%m")
+__all__ = ["RESERVATION_TTL_S", "SETTLE_DEDUP_S", "RedisAdmission", "month_of"]
 
 
 class RedisAdmission:
@@ -83,20 +84,41 @@ class RedisAdmission:
         wait_ms = int(result[2])
         return Refused(RefusalCode(code), None if wait_ms < 0 else max(wait_ms, 1) / 1000)
 
-    async def settle(self, tenant_id: str, request_id: str, tokens: int, billed_micro: int) -> bool:
-        """Settle to verified figures (0 and 0 for a failed request). False: already done."""
+    async def settle(
+        self,
+        tenant_id: str,
+        request_id: str,
+        tokens: int,
+        billed_micro: int,
+        *,
+        age_s: float = 0.0,
+    ) -> bool:
+        """Settle to verified figures (0 and 0 for a failed request). False: already done.
+
+        `age_s`: how long ago the request settled, for a settle sent late (queued while
+        Redis was down): its spend counts in the month it happened, and its tokens in
+        the sliding window only if that moment is still inside it. An age, not a time,
+        so the caller's clock and this store's (or Redis's) need not agree."""
         now_s, now_ms = self._now()
+        age_s = max(0.0, age_s)
         k = TenantKeys(tenant_id)
         done = await self._settle(
             keys=[
                 k.tokens,
-                k.month(month_of(now_s)),
+                k.month(month_of(now_s - age_s)),
                 k.reserved,
                 k.reservations,
                 k.reservation_data,
                 k.settled,
             ],
-            args=[now_ms, request_id, max(0, tokens), max(0, billed_micro)],
+            args=[
+                now_ms,
+                request_id,
+                max(0, tokens),
+                max(0, billed_micro),
+                int(age_s * 1000),
+                SETTLE_DEDUP_S * 1000,
+            ],
         )
         return int(done) == 1
 
