@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -544,15 +545,22 @@ def test_injected_failures_raise_and_free_slots() -> None:
 
 
 def test_failure_rate_fails_a_share_of_requests() -> None:
+    # Binomial bound: 2000 requests at rate 0.3 fail 600 ± 4.5σ (σ = √(2000·0.3·0.7) ≈
+    # 20.5), so 508..692; the right rate leaves it about once in 150,000 seeds. A wrong
+    # one does not pass: at 0.2, 400 ± 4.5·17.9 (320..480); at 0.4, 800 ± 4.5·21.9
+    # (701..899).
+    n_requests, rate = 2000, 0.3
+    bound = 4.5 * math.sqrt(n_requests * rate * (1 - rate))
+
     async def scenario() -> None:
-        backend = make_backend(time_scale=0, failure_rate=0.3, rng_seed=42)
+        backend = make_backend(time_scale=0, failure_rate=rate, rng_seed=42)
         await backend.start()
         results = await asyncio.gather(
-            *(backend.generate(request(f"r{i}", max_tokens=8)) for i in range(200)),
+            *(backend.generate(request(f"r{i}", max_tokens=8)) for i in range(n_requests)),
             return_exceptions=True,
         )
         failed = sum(isinstance(r, GenerationFailed) for r in results)
-        assert 30 <= failed <= 90
+        assert abs(failed - n_requests * rate) <= bound
         assert all(
             isinstance(r, GenerationFailed) or (isinstance(r, Completion) and r.output_tokens == 8)
             for r in results
