@@ -27,6 +27,7 @@ from rtcts_dev.stripe_emulator.schemas import (
     shared_schema_dir,
     transcribe,
 )
+from tests.fakes import FakeClock
 
 # stripe's HTTPXClient posts its form bodies as str, which httpx deprecates (harmless).
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -41,17 +42,9 @@ def http() -> httpx.Client:
     return httpx.Client(timeout=5)
 
 
-class FakeClock:
-    def __init__(self, now: float | None = None) -> None:
-        self.now = time.time() if now is None else now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(time.time())
 
 
 @pytest.fixture
