@@ -7,7 +7,8 @@
     rtcts run [--policy P] [--port N] [--time-scale X]
                                     serve locally until Ctrl-C (what `make run` calls)
     rtcts serve-config [--policy P] the Serve config file of a policy (serve_config.yaml)
-    rtcts reconcile [--days N]      the local billing ledger against Stripe (REDIS_URL)
+    rtcts reconcile [--days N] [--json]
+                                    the local billing ledger against Stripe (REDIS_URL)
     rtcts demo [--url U] [--speed X] [--duration-s S] [--dry-run] ...
                                     replay a trace against a running rtcts, live table
 
@@ -17,15 +18,20 @@ Errors are one line each on stderr with a non-zero exit; never a stack trace.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serve_app.errors import RtctsError
 from serve_app.policy import hash_api_key, load_policy_file
 from serve_app.pricing import ClusterSnapshot, PriceBook, PriceRequest
 from serve_app.pricing.table import render_price_table, sample_snapshot
 from serve_app.settings import Settings
+
+if TYPE_CHECKING:
+    from serve_app.metering.reconcile import DriftReport  # imports stripe: only when used
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--shards", type=_positive_int, default=1, help="meter stream shards (1)")
     rec.add_argument("--days", type=_positive_int, default=30, help="how far back (30, max 35)")
+    rec.add_argument(
+        "--json", action="store_true", help="print the report as JSON (POST /v1/admin/reconcile)"
+    )
     rec.set_defaults(handler=_reconcile)
 
     config = commands.add_parser("serve-config", help="print the Serve config file of a policy")
@@ -219,26 +228,37 @@ def _reconcile(args: argparse.Namespace) -> int:
         print("rtcts: set STRIPE_API_KEY (or STRIPE_API_BASE for the emulator)", file=sys.stderr)
         return 2
 
-    async def run() -> bool:
+    async def run() -> DriftReport:
         client = aioredis.Redis.from_url(settings.redis_url or "")
         sink = stripe_sink_for(settings.stripe_api_base, settings.stripe_api_key)
         try:
             view = BillingView(client, args.shards, window_s=60, grace_s=10)
-            report = await view.reconcile(sink.client, days=min(args.days, 35))
+            return await view.reconcile(sink.client, days=min(args.days, 35))
         finally:
             await sink.aclose()
             await client.aclose()
-        for line in report.lines:
-            stripe_value = "?" if line.stripe is None else str(line.stripe)
-            status = "ok" if line.ok else f"DRIFT {line.drift}" if not line.error else line.error
-            print(
-                f"{line.stripe_customer_id:<24} {line.event_name:<24} "
-                f"local {line.local:>14} stripe {stripe_value:>14}  {status}"
-            )
-        print("no drift" if report.ok else f"{len(report.drifted)} lines drift")
-        return report.ok
 
-    return 0 if asyncio.run(run()) else 1
+    report = asyncio.run(run())
+    print(render_reconcile(report, as_json=args.json))
+    return 0 if report.ok else 1
+
+
+def render_reconcile(report: DriftReport, *, as_json: bool = False) -> str:
+    """The report as `rtcts reconcile` prints it: `to_dict()` as JSON (the shape of
+    `POST /v1/admin/reconcile`), or one line per customer × meter and a verdict."""
+    data = report.to_dict()
+    if as_json:
+        return json.dumps(data, indent=2)
+    out = []
+    for line in data["lines"]:
+        stripe_value = "?" if line["stripe"] is None else line["stripe"]
+        status = line["error"] or ("ok" if line["ok"] else f"DRIFT {line['drift']:+d}")
+        out.append(
+            f"{line['stripe_customer_id']:<24} {line['event_name']:<24} "
+            f"local {line['local']:>14} stripe {stripe_value:>14} {line['unit']:<9}  {status}"
+        )
+    out.append("no drift" if report.ok else f"{len(report.drifted)} lines drift")
+    return "\n".join(out)
 
 
 def _serve_config(args: argparse.Namespace) -> int:

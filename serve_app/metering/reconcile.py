@@ -16,6 +16,9 @@ Guarantees
   ranges that ended a few minutes ago. Ranges are `[start_time, end_time)` aligned to
   minutes (Stripe's rule); events are attributed by their timestamp (the window start).
 - Error texts never hold the API key.
+- `to_dict` (the admin endpoint and `rtcts reconcile --json`) gives every figure as a
+  whole number in the line's `unit`; a Stripe value that is not whole becomes an error
+  line, so no figure is rounded.
 """
 
 from __future__ import annotations
@@ -29,9 +32,13 @@ from typing import Any, Literal, cast
 import stripe
 
 from serve_app.metering.stripe_sink import active_meters, redact
+from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS
 
 Pair = tuple[str, str]
 """(stripe_customer_id, event_name)."""
+
+UNITS = {METER_EVENT_BILLED: "micro_usd", METER_EVENT_TOKENS: "tokens"}
+"""The unit of each meter event's values (the figures of a line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +49,13 @@ class DriftLine:
     event_name: str
     local: int
     stripe: Decimal | None
-    """Stripe's aggregated value; None when it could not be read (see `error`)."""
+    """Stripe's aggregated value, a whole number; None when it could not be read (see
+    `error`)."""
     error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.stripe is not None and not _whole(self.stripe):
+            raise ValueError(f"Stripe's value {self.stripe} is not a whole number")
 
     @property
     def drift(self) -> Decimal | None:
@@ -54,14 +66,22 @@ class DriftLine:
     def ok(self) -> bool:
         return not self.error and self.stripe == self.local
 
+    @property
+    def unit(self) -> str:
+        """What the figures count: `micro_usd`, `tokens`, or `units` for another meter."""
+        return UNITS.get(self.event_name, "units")
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: `local`, `stripe` and `drift` are integers in `unit` (`stripe` and
+        `drift` None when Stripe could not be read)."""
         drift = self.drift
         return {
             "stripe_customer_id": self.stripe_customer_id,
             "event_name": self.event_name,
+            "unit": self.unit,
             "local": self.local,
-            "stripe": None if self.stripe is None else str(self.stripe),
-            "drift": None if drift is None else str(drift),
+            "stripe": None if self.stripe is None else int(self.stripe),
+            "drift": None if drift is None else int(drift),
             "ok": self.ok,
             "error": self.error,
         }
@@ -106,8 +126,17 @@ def compare(
     start_time: int,
     end_time: int,
 ) -> DriftReport:
-    """Pure: one line per pair in any of the three maps (missing values count as zero)."""
-    errors = errors or {}
+    """Pure: one line per pair in any of the three maps (missing values count as zero).
+
+    A Stripe value that is not a whole number (rtcts sends whole numbers only) is an
+    error line: it cannot equal the ledger, and no figure of a report is rounded.
+    """
+    fractional = {
+        pair: f"Stripe's aggregated value {value} is not a whole number"
+        for pair, value in remote.items()
+        if not _whole(value)
+    }
+    errors = {**fractional, **(errors or {})}
     keys = sorted(set(local) | set(remote) | set(errors))
     lines = tuple(
         DriftLine(
@@ -122,6 +151,10 @@ def compare(
         for customer, event_name in keys
     )
     return DriftReport(start_time=start_time, end_time=end_time, lines=lines)
+
+
+def _whole(value: Decimal) -> bool:
+    return value.is_finite() and value == value.to_integral_value()
 
 
 def parse_ledger(totals: Mapping[str, int | str], sep: str = "|") -> dict[Pair, int]:

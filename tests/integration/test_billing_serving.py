@@ -3,6 +3,7 @@ Stripe emulator through the aggregator, and show in usage, admin and reconciliat
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,13 +65,24 @@ def test_served_requests_are_billed_synced_and_reconciled(
 
     env = {**os.environ, "REDIS_URL": redis_url, "STRIPE_API_BASE": stripe_url}
     env.pop("STRIPE_API_KEY", None)
-    cli = subprocess.run(
-        [str(Path(sys.executable).parent / "rtcts"), "reconcile"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert cli.returncode == 0, cli.stdout + cli.stderr
-    assert "no drift" in cli.stdout
+    outputs = []
+    for flags in ([], ["--json"]):
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "rtcts"), "reconcile", *flags],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        outputs.append(cli.stdout)
+    assert "no drift" in outputs[0]
+    admin, printed = report.json(), json.loads(outputs[1])
+    assert printed["ok"]
+    assert printed.keys() == admin.keys()  # the same shape as the admin endpoint
+    for lines in (admin["lines"], printed["lines"]):
+        assert lines
+        assert lines[0].keys() == printed["lines"][0].keys()
+        for line in lines:  # every figure a whole number in the line's unit
+            assert all(type(line[k]) is int for k in ("local", "stripe", "drift")), line

@@ -1,20 +1,25 @@
-"""`rtcts policy validate` and `rtcts policy hash-key`: exit codes and one-line errors."""
+"""`rtcts policy validate`, `rtcts policy hash-key` and the `rtcts reconcile` report: exit
+codes, one-line errors, printed figures."""
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from serve_app.cli import main
+from serve_app.cli import main, render_reconcile
+from serve_app.metering.reconcile import compare
+from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS
 from serve_app.policy import hash_api_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -430,3 +435,32 @@ def test_validate_needs_a_file(capsys: pytest.CaptureFixture[str]) -> None:
         main(["policy", "validate"])
     assert info.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_reconcile_prints_whole_numbers_as_text_and_as_the_admin_json() -> None:
+    report = compare(
+        {("cus_a", METER_EVENT_BILLED): 5, ("cus_a", METER_EVENT_TOKENS): 7},
+        {("cus_a", METER_EVENT_BILLED): Decimal("8.0"), ("cus_a", METER_EVENT_TOKENS): Decimal(7)},
+        start_time=0,
+        end_time=60,
+    )
+    data = json.loads(render_reconcile(report, as_json=True))
+    assert data == report.to_dict()
+    assert [(x["unit"], x["local"], x["stripe"], x["drift"]) for x in data["lines"]] == [
+        ("micro_usd", 5, 8, 3),
+        ("tokens", 7, 7, 0),
+    ]
+    text = render_reconcile(report).splitlines()
+    assert text[0].split() == [
+        "cus_a",
+        METER_EVENT_BILLED,
+        "local",
+        "5",
+        "stripe",
+        "8",
+        "micro_usd",
+        "DRIFT",
+        "+3",
+    ]
+    assert text[1].split()[-2:] == ["tokens", "ok"]
+    assert text[-1] == "1 lines drift"

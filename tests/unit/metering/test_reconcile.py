@@ -69,12 +69,38 @@ def test_compare_reports_each_pair_with_its_drift() -> None:
     assert report.to_dict()["lines"][0] == {
         "stripe_customer_id": "cus_a",
         "event_name": BILL,
+        "unit": "micro_usd",
         "local": 5,
-        "stripe": "8",
-        "drift": "3",
+        "stripe": 8,
+        "drift": 3,
         "ok": False,
         "error": "",
     }
+    assert report.to_dict()["lines"][1]["unit"] == "tokens"
+    assert report.to_dict()["lines"][2]["stripe"] is None  # the error line
+
+
+def test_to_dict_gives_every_figure_as_a_whole_number() -> None:
+    big = 10**18 + 1  # beyond a float's 53 bits: no rounding on the way
+    report = compare(
+        {("cus_a", TOK): big, ("cus_b", BILL): 2},
+        {
+            ("cus_a", TOK): Decimal(big),
+            ("cus_b", BILL): Decimal("2.5"),
+            ("cus_c", BILL): Decimal("7.0"),
+        },
+        start_time=0,
+        end_time=60,
+    )
+    figures = [(x["local"], x["stripe"], x["drift"]) for x in report.to_dict()["lines"]]
+    assert figures == [(big, big, 0), (2, None, None), (0, 7, 7)]
+    assert all(type(v) is int for row in figures for v in row if v is not None)
+    fractional = report.line("cus_b", BILL)
+    assert fractional is not None
+    assert not fractional.ok
+    assert fractional.error == "Stripe's aggregated value 2.5 is not a whole number"
+    with pytest.raises(ValueError, match="whole number"):
+        DriftLine("cus_a", TOK, 1, Decimal("1.5"))
 
 
 def test_compare_of_equal_totals_is_ok_and_exact() -> None:
