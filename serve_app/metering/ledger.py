@@ -3,7 +3,7 @@
 Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one slot):
 
     rtcts:meters:{s<i>}          the meter stream (written by the ingress)
-    rtcts:agg:{s<i>}:seen        batch ids already folded (ZSET, kept `dedup_s`)
+    rtcts:agg:{s<i>}:seen        batch ids already folded (ZSET, kept `FOLD_DEDUP_S`)
     rtcts:agg:{s<i>}:open        open window totals ("tenant|event|start" -> value)
     rtcts:agg:{s<i>}:customers   tenant -> Stripe customer
     rtcts:agg:{s<i>}:tenants     per-tenant totals ("tenant|billed|credited|meters|failed")
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.metering.entry import F_SUMMARY, Group, batch_item
+from serve_app.metering.horizons import FOLD_DEDUP_S
 from serve_app.metering.stream import stream_key
 from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS, OutboxEntry
 from serve_app.metering.windows import identifier
@@ -36,7 +37,9 @@ LUA_DIR = Path(__file__).with_name("lua")
 FOLD_LUA = (LUA_DIR / "fold.lua").read_text(encoding="utf-8")
 CLOSE_LUA = (LUA_DIR / "close.lua").read_text(encoding="utf-8")
 GROUP = "aggregator"
-DEDUP_S = 48 * 3600
+DEDUP_S = FOLD_DEDUP_S
+"""How long the fold remembers a batch id: the spool's replay age limit derives from the
+same constant (`horizons.py`), so a spooled batch is never replayed after it is forgotten."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,25 @@
 """The local meter spool: where verified meters go while Redis cannot take them.
 
-An append-only file per writer (`<dir>/meters-<pid>-<start ms>-<token>-<seq>.jsonl`), one
-stream entry per line (`MeterBatch.spool_line`: its shard, batch id, summary and the
-meters' JSON, the very entry the writer failed to append). Each flush is written and
-fsync'ed before the writer counts it as spooled. `replay` sends the entries of every
+An append-only file per writer
+(`<dir>/meters-<pid>-<start ms>-<token>-<seq>-c<created ms>.jsonl`), one stream entry per
+line (`MeterBatch.spool_line`: its shard, batch id, summary and the meters' JSON, the
+very entry the writer failed to append). Each flush is written and fsync'ed before the
+writer counts it as spooled. `replay` sends the entries of every
 file no live process owns, in order, and deletes a file only after all of it was sent.
 An entry may be sent twice, always with its batch id (the aggregator folds a batch id
 once); a meter that reached the spool is never lost.
+
+Age: the fold remembers a batch id for `FOLD_DEDUP_S` only (`horizons.py`). A spooled
+batch may also be in the stream (a flush that timed out after its XADD landed); replayed
+once the fold has forgotten its id, it would be billed twice. So a file older than
+`SPOOL_MAX_AGE_S` (the horizon less a margin) is never replayed blind: replay moves it,
+whole, to `<dir>/dead/` and logs an error naming it (nothing double counted, nothing
+silently dropped: a person checks its batch ids against the ledger, then replays or
+deletes it). A file is dated by its creation time, in its name; a writer starts a new
+file once its active one is `ROTATE_S` old, so that date is at most `ROTATE_S` before any
+entry in it (a file can only be dead-lettered too early, by that much, never too late).
+A file named without its creation time (written before files carried it) is replayed as
+before: its age is unknown.
 
 Ownership: a writer holds an exclusive `flock` on its open file for as long as it
 appends to it, and a replayer takes the same lock before touching a file. The lock
@@ -28,6 +41,8 @@ Guarantees, step by step (what holds if the process dies right after the step):
 - `replay` sent all of a file and renamed it `.done`: the next scan deletes the `.done`
   file without sending it again.
 - `replay` unlinked the file: done.
+- `replay` moved a file past its age to `dead/`: one rename, so the file is in the
+  spool (dead-lettered by the next replay) or in `dead/`, never both, never lost.
 """
 
 from __future__ import annotations
@@ -37,6 +52,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,12 +60,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from serve_app.metering.entry import MeterBatch
+from serve_app.metering.horizons import SPOOL_MAX_AGE_S
 
 logger = logging.getLogger("rtcts.metering.spool")
 
 SUFFIX = ".jsonl"
 DONE_SUFFIX = ".jsonl.done"
 DEFAULT_REPLAY_BATCH = 64
+DEAD_DIR = "dead"
+"""Where files past `SPOOL_MAX_AGE_S` go, inside the spool directory."""
+ROTATE_S = 3600.0
+"""A file takes appends for at most this long, so its creation time dates every entry."""
+_CREATED = re.compile(r"-c(\d+)" + re.escape(SUFFIX) + "$")
+
+__all__ = ["DEAD_DIR", "ROTATE_S", "SPOOL_MAX_AGE_S", "EntrySender", "MeterSpool"]
 
 EntrySender = Callable[[list[MeterBatch]], Awaitable[None]]
 """Sends entries to the stream; raises if any of them may not have landed."""
@@ -58,16 +82,30 @@ EntrySender = Callable[[list[MeterBatch]], Awaitable[None]]
 class MeterSpool:
     """The spool of one writer, and the replayer of every orphaned spool file beside it."""
 
-    def __init__(self, directory: Path, *, prefix: str = "meters") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        prefix: str = "meters",
+        max_age_s: float = SPOOL_MAX_AGE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`max_age_s`: files created longer ago are dead-lettered, not replayed (keep it
+        below the fold's dedup horizon). `clock`: seconds, for file dates and ages."""
         self.directory = directory
         self.prefix = prefix
+        self.max_age_s = max_age_s
+        self._clock = clock
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._stem = f"{prefix}-{os.getpid()}-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
+        self._stem = f"{prefix}-{os.getpid()}-{int(clock() * 1000)}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
         self._file: BinaryIO | None = None
         self._path: Path | None = None
+        self._opened_s = 0.0
         self.skipped_lines = 0
         """Lines replay could not read as an entry (a torn last line after a crash)."""
+        self.dead_lettered = 0
+        """Files replay moved to `dead/` (older than `max_age_s`)."""
 
     @property
     def active_path(self) -> Path | None:
@@ -80,6 +118,8 @@ class MeterSpool:
         data = b"".join(b.spool_line() for b in batches if b.count)
         if not data:
             return
+        if self._file is not None and self._clock() - self._opened_s >= ROTATE_S:
+            self.rotate()  # its creation time must date every entry in it
         try:
             file = self._file if self._file is not None else self._open_new()
             file.write(data)
@@ -138,6 +178,10 @@ class MeterSpool:
             return 0
         sent = 0
         try:
+            created_s = _created_s(path)
+            if created_s is not None and self._clock() - created_s > self.max_age_s:
+                await asyncio.to_thread(self._dead_letter, path, self._clock() - created_s)
+                return 0
             while True:
                 # Read and decode off the event loop: a batch is a millisecond or more.
                 batch = await asyncio.to_thread(self._read_batch, file, path, batch_size)
@@ -155,6 +199,29 @@ class MeterSpool:
         if sent:
             logger.info("replayed %d spooled meters from %s", sent, path.name)
         return sent
+
+    def _dead_letter(self, path: Path, age_s: float) -> None:
+        """Move a file past its age to `dead/` (one rename, under the file's lock)."""
+        dead = self.directory / DEAD_DIR
+        dead.mkdir(exist_ok=True)
+        entries, meters = _count(path)
+        os.replace(path, dead / path.name)
+        _fsync_dir(dead)
+        _fsync_dir(self.directory)
+        # Dies here: the file is in `dead/`, out of every replay's way.
+        self.dead_lettered += 1
+        logger.error(
+            "spool file %s is %.1f h old, past the %.1f h replay limit (the aggregator may "
+            "have forgotten its batch ids, so a replay could bill them twice): %d entries, "
+            "%d meters NOT replayed, moved to %s; check their batch ids against the "
+            "ledger, then replay or delete the file",
+            path.name,
+            age_s / 3600,
+            self.max_age_s / 3600,
+            entries,
+            meters,
+            dead / path.name,
+        )
 
     def _read_batch(self, file: BinaryIO, path: Path, size: int) -> list[MeterBatch]:
         """Up to `size` entries from where `file` stands; [] at its end."""
@@ -189,7 +256,8 @@ class MeterSpool:
                 file.close()
 
     def _open_new(self) -> BinaryIO:
-        name = f"{self._stem}-{self._seq:06d}{SUFFIX}"
+        now_s = self._clock()
+        name = f"{self._stem}-{self._seq:06d}-c{int(now_s * 1000)}{SUFFIX}"
         self._seq += 1
         hidden = self.directory / f".{name}.new"
         final = self.directory / name
@@ -203,8 +271,27 @@ class MeterSpool:
         except OSError:
             file.close()
             raise
-        self._file, self._path = file, final
+        self._file, self._path, self._opened_s = file, final, now_s
         return file
+
+
+def _created_s(path: Path) -> float | None:
+    """A spool file's creation time, from its name; None for a name without it."""
+    match = _CREATED.search(path.name)
+    return None if match is None else int(match.group(1)) / 1000
+
+
+def _count(path: Path) -> tuple[int, int]:
+    """(entries, meters) in a spool file, for the log; unreadable lines are not counted."""
+    entries = meters = 0
+    with open(path, "rb") as file:
+        for line in file:
+            try:
+                meters += MeterBatch.from_spool_line(line).count
+            except (ValueError, UnicodeDecodeError):
+                continue
+            entries += 1
+    return entries, meters
 
 
 def _open_locked(path: Path) -> BinaryIO | None:

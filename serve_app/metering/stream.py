@@ -33,7 +33,8 @@ Guarantees (what holds if the process dies right after each step):
   front of the buffer and is retried; only past `max_buffered` meters in memory are the
   oldest dropped, counted in `dropped` and logged as errors.
 - replay of the spool: see `serve_app/metering/spool.py` (a file is deleted only after
-  all of it was sent).
+  all of it was sent; a file older than the fold's dedup horizon allows is moved to the
+  spool's `dead/` folder with an error logged, never replayed blind).
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ class MeterStreamWriter:
             "outages": self.outages,
             "spool_errors": self.spool_errors,
             "spool_skipped_lines": self._spool.skipped_lines,
+            "spool_dead_lettered": self._spool.dead_lettered,
             "dropped": self.dropped,
             "replaying": self._replay_task is not None and not self._replay_task.done(),
             "failed_calls": dict(self.failures),

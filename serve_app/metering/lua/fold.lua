@@ -4,6 +4,10 @@
 -- Each entry is a batch of meters, deduplicated by batch id, so a batch appended twice
 -- (a spool replay after an XADD that did land) is counted once.
 --
+-- A batch id is remembered `dedup_ms` (horizons.FOLD_DEDUP_S): the spool never replays a
+-- file older than that less a margin (horizons.SPOOL_MAX_AGE_S), so a replayed copy of a
+-- batch that did land always finds its id here.
+--
 -- KEYS[1] stream   KEYS[2] seen ZSET (batch id -> time, kept `dedup_ms`)
 -- KEYS[3] open HASH ("tenant|event|start" -> value)   KEYS[4] customers HASH (tenant -> cus_)
 -- KEYS[5] tenants HASH ("tenant|field" -> value: billed, credited, meters, failed)
