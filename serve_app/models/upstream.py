@@ -1,8 +1,9 @@
 """A backend that forwards to an OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp).
 
 `OpenAIUpstream` posts each request to the server's `/v1/chat/completions` with one
-`httpx.AsyncClient`, streaming with server-sent events, and reads the server's load
-from its Prometheus `/metrics` page (see `prometheus.py`), polled in the background.
+`httpx.AsyncClient`, streaming with server-sent events (the bodies it sends and reads:
+`openai_wire.py`), and reads the server's load from its Prometheus `/metrics` page,
+polled in the background (`upstream_load.py`).
 A server without a readable `/metrics` page is priced from the requests this replica
 has in flight to it.
 
@@ -16,20 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from serve_app.models.backend import (
     BackendUnavailable,
-    ChatMessage,
     Completion,
     Delta,
     FinishReason,
@@ -37,20 +33,21 @@ from serve_app.models.backend import (
     GenerationRequest,
     LoadReport,
 )
-from serve_app.models.prometheus import (
-    MetricsParseError,
-    UnrecognizedMetrics,
-    parse_metrics,
-    vllm_load,
+from serve_app.models.openai_wire import (
+    CHAT_PATH,
+    FAILED_FINISH_REASONS,
+    error_detail,
+    parse_chunk,
+    parse_completion,
+    request_body,
+    sse_data,
+    token_usage,
 )
+from serve_app.models.upstream_load import UpstreamLoad
 
 __all__ = ["OpenAIUpstream"]
 
 logger = logging.getLogger(__name__)
-
-_CHAT_PATH = "/v1/chat/completions"
-_MAX_ERROR_CHARS = 500
-_FAILED_FINISH_REASONS = frozenset({"abort", "error"})
 
 
 class OpenAIUpstream:
@@ -92,10 +89,7 @@ class OpenAIUpstream:
         self._api_key = api_key or None
         self._model = model
         self._timeout_s = timeout_s
-        self._metrics_poll_s = metrics_poll_s
-        self._metrics_timeout_s = min(timeout_s, 5.0)
         self._probe_timeout_s = min(timeout_s, 10.0)
-        self._stale_after_s = max(1.0, 10 * metrics_poll_s)
         self._start_timeout_s = start_timeout_s
         self._transport = transport
         self._clock = clock
@@ -105,9 +99,13 @@ class OpenAIUpstream:
         self._started = False
         self._closed = False
         self._inflight = 0
-        self._metrics_enabled = True
-        self._engine_load: tuple[int, int, float | None] | None = None
-        self._metrics_at = -math.inf
+        self._load = UpstreamLoad(
+            poll_s=metrics_poll_s,
+            timeout_s=min(timeout_s, 5.0),
+            display_url=self._display_url,
+            scrub=self._scrub,
+            clock=clock,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -137,7 +135,9 @@ class OpenAIUpstream:
             self._client = None
             raise
         if polling:
-            self._poller = asyncio.create_task(self._poll_loop(), name="upstream-metrics")
+            self._poller = asyncio.create_task(
+                self._load.poll_forever(self._client), name="upstream-metrics"
+            )
         self._started = True
         logger.info("upstream %s is up (model %s)", self._display_url, self._model or "-")
 
@@ -159,85 +159,29 @@ class OpenAIUpstream:
     def load(self) -> LoadReport:
         """The server's load from fresh metrics, else this replica's requests in flight.
 
-        Metrics lag by up to one poll, so the report never shows fewer requests than
-        this replica has in flight: the shortfall counts as queued when the server
-        reports a queue, as running otherwise.
+        Never fewer requests than this replica has in flight (see `UpstreamLoad.report`).
         """
-        local = self._inflight
-        engine = self._engine_load
-        age_s = self._clock() - self._metrics_at
-        if engine is None or age_s > self._stale_after_s:
-            return LoadReport(
-                running=local,
-                queued=0,
-                warm=self._started,
-                extra={"local_inflight": float(local)},
-            )
-        running, waiting, kv = engine
-        shortfall = local - running - waiting
-        if shortfall > 0:
-            if waiting > 0:
-                waiting += shortfall
-            else:
-                running += shortfall
-        return LoadReport(
-            running=running,
-            queued=waiting,
-            warm=self._started,
-            kv_cache_usage=kv,
-            extra={
-                "local_inflight": float(local),
-                "metrics_age_s": max(0.0, age_s),
-            },
-        )
+        return self._load.report(self._inflight, warm=self._started)
 
     async def poll_metrics_once(self) -> bool:
         """Read `/metrics` once; False when the server has no usable page (stop polling).
 
-        A 404, a page that does not parse, or one without a known engine's load
-        metrics turns metrics off for good; a network error or 5xx is left to the
-        next poll (the last reading goes stale after ten polls, at least 1 s).
+        See `UpstreamLoad.poll_once`: a 404 or an unusable page turns metrics off for
+        good; a network error or 5xx is left to the next poll.
         """
-        if not self._metrics_enabled or self._client is None:
-            return False
-        try:
-            response = await self._client.get("/metrics", timeout=self._metrics_timeout_s)
-        except httpx.TransportError as exc:
-            logger.debug("upstream %s /metrics: %s", self._display_url, self._scrub(str(exc)))
-            return True
-        if response.status_code >= 500:
-            logger.debug("upstream %s /metrics: HTTP %d", self._display_url, response.status_code)
-            return True
-        reason: str | None = None
-        if response.status_code >= 400:
-            reason = f"HTTP {response.status_code}"
-        else:
-            try:
-                self._engine_load = vllm_load(parse_metrics(response.text))
-                self._metrics_at = self._clock()
-                return True
-            except (MetricsParseError, UnrecognizedMetrics) as exc:
-                reason = self._scrub(str(exc))
-        self._metrics_enabled = False
-        self._engine_load = None
-        logger.info(
-            "upstream %s has no usable /metrics (%s); counting requests in flight locally",
-            self._display_url,
-            reason,
-        )
-        return False
+        return await self._load.poll_once(self._client)
 
     # ---------------------------------------------------------------- generation
 
     async def generate(self, request: GenerationRequest) -> Completion:
         """Post the request without streaming; usage from the server, else counted."""
         client = self._require_client()
-        body = self._body(request, stream=False)
+        body = request_body(request, self._model, stream=False)
         started = self._clock()
         self._inflight += 1
         try:
             try:
-                response = await client.post(_CHAT_PATH, json=body)
+                response = await client.post(CHAT_PATH, json=body)
             except httpx.TransportError as exc:
                 raise self._unavailable(exc) from None
         finally:
@@ -245,23 +189,14 @@ class OpenAIUpstream:
         total_s = max(0.0, self._clock() - started)
         if response.status_code >= 400:
             raise self._status_error(response.status_code, response.content)
-        payload = self._json(response.content)
         try:
-            choice = payload["choices"][0]
-            content = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason")
-            if not isinstance(content, str):
-                raise TypeError("content is not a string")
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise self._malformed(f"no choices[0].message.content ({exc})") from None
-        finish_reason = self._finish_reason(finish)
-        input_tokens, output_tokens = self._usage(payload.get("usage"))
-        if input_tokens is None:
-            input_tokens = _count_messages(request.messages)
-        if output_tokens is None:
-            output_tokens = _count_tokens(content)
+            reply = parse_completion(response.content)
+        except ValueError as exc:
+            raise self._malformed(str(exc)) from None
+        finish_reason = self._finish_reason(reply.finish_reason)
+        input_tokens, output_tokens = token_usage(reply.usage, request.messages, reply.text)
         return Completion(
-            text=content,
+            text=reply.text,
             finish_reason=finish_reason,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -277,14 +212,14 @@ class OpenAIUpstream:
         reason, or breaks off, raises `GenerationFailed`.
         """
         client = self._require_client()
-        body = self._body(request, stream=True)
+        body = request_body(request, self._model, stream=True)
         started = self._clock()
         ttft_s: float | None = None
         self._inflight += 1
         try:
             try:
                 response = await client.send(
-                    client.build_request("POST", _CHAT_PATH, json=body), stream=True
+                    client.build_request("POST", CHAT_PATH, json=body), stream=True
                 )
             except httpx.TransportError as exc:
                 raise self._unavailable(exc) from None
@@ -296,18 +231,27 @@ class OpenAIUpstream:
                 usage: object = None
                 done = False
                 async for line in response.aiter_lines():
-                    data = _sse_data(line)
+                    data = sse_data(line)
                     if data is None:
                         continue
                     if data.strip() == "[DONE]":
                         done = True
                         break
-                    chunk = self._json(data.encode())
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    text, chunk_finish = self._parse_chunk(chunk)
-                    if chunk_finish is not None:
-                        finish = chunk_finish
+                    try:
+                        chunk = parse_chunk(data)
+                    except ValueError as exc:
+                        raise self._malformed(str(exc)) from None
+                    if chunk.error is not None:
+                        raise GenerationFailed(
+                            self._scrub(
+                                f"upstream {self._display_url} failed mid-stream: {chunk.error}"
+                            )
+                        )
+                    if chunk.usage:
+                        usage = chunk.usage
+                    if chunk.finish_reason is not None:
+                        finish = chunk.finish_reason
+                    text = chunk.text
                     if text:
                         if ttft_s is None:
                             ttft_s = self._clock() - started
@@ -327,11 +271,7 @@ class OpenAIUpstream:
         finally:
             self._inflight -= 1
         finish_reason = self._finish_reason(finish)
-        input_tokens, output_tokens = self._usage(usage)
-        if input_tokens is None:
-            input_tokens = _count_messages(request.messages)
-        if output_tokens is None:
-            output_tokens = _count_tokens("".join(pieces))
+        input_tokens, output_tokens = token_usage(usage, request.messages, "".join(pieces))
         logger.debug(
             "upstream %s request %s: ttft %.3fs total %.3fs",
             self._display_url,
@@ -397,15 +337,6 @@ class OpenAIUpstream:
         if isinstance(listed, str) and listed:
             self._model = listed
 
-    async def _poll_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._metrics_poll_s)
-            try:
-                if not await self.poll_metrics_once():
-                    return
-            except Exception:  # keep polling whatever one poll hits
-                logger.exception("upstream %s: metrics poll failed", self._display_url)
-
     def _require_client(self) -> httpx.AsyncClient:
         if self._closed:
             raise BackendUnavailable("upstream backend is closed")
@@ -413,71 +344,14 @@ class OpenAIUpstream:
             raise BackendUnavailable("upstream backend is not started")
         return self._client
 
-    def _body(self, request: GenerationRequest, *, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "max_tokens": request.max_tokens,
-        }
-        model = request.upstream_model or self._model
-        if model is not None:
-            body["model"] = model
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.seed is not None:
-            body["seed"] = request.seed
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return body
-
-    def _parse_chunk(self, chunk: dict[str, Any]) -> tuple[str, object]:
-        """(content text, finish_reason or None) of one streamed chunk."""
-        error = chunk.get("error")
-        if error is not None or chunk.get("object") == "error":
-            raise GenerationFailed(
-                self._scrub(f"upstream {self._display_url} failed mid-stream: {_error_text(chunk)}")
-            )
-        choices = chunk.get("choices") or []
-        if not isinstance(choices, list):
-            raise self._malformed("choices is not a list")
-        for choice in choices:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if text is not None and not isinstance(text, str):
-                raise self._malformed("delta.content is not a string")
-            return text or "", choice.get("finish_reason")
-        return "", None
-
     def _finish_reason(self, finish: object) -> FinishReason:
         if finish == "length":
             return "length"
-        if finish in _FAILED_FINISH_REASONS:
+        if finish in FAILED_FINISH_REASONS:
             raise GenerationFailed(
                 f"upstream {self._display_url} ended the generation with {finish!r}"
             )
         return "stop"
-
-    def _usage(self, usage: object) -> tuple[int | None, int | None]:
-        if not isinstance(usage, dict):
-            return None, None
-        return _token_count(usage.get("prompt_tokens")), _token_count(
-            usage.get("completion_tokens")
-        )
-
-    def _json(self, content: bytes) -> dict[str, Any]:
-        try:
-            payload = json.loads(content)
-        except ValueError:
-            raise self._malformed(f"body is not JSON: {content[:80]!r}") from None
-        if not isinstance(payload, dict):
-            raise self._malformed("body is not a JSON object")
-        return cast(dict[str, Any], payload)
 
     def _malformed(self, detail: str) -> GenerationFailed:
         return GenerationFailed(
@@ -491,11 +365,7 @@ class OpenAIUpstream:
         )
 
     def _status_error(self, status: int, content: bytes) -> GenerationFailed:
-        try:
-            detail = _error_text(json.loads(content))
-        except ValueError:
-            detail = content.decode("utf-8", "replace")
-        detail = " ".join(detail.split())[:_MAX_ERROR_CHARS]
+        detail = error_detail(content)
         return GenerationFailed(
             self._scrub(f"upstream {self._display_url} answered HTTP {status}: {detail}")
         )
@@ -504,48 +374,3 @@ class OpenAIUpstream:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
-
-
-def _sse_data(line: str) -> str | None:
-    """The payload of an SSE `data:` line; None for other fields, comments and blanks."""
-    if not line.startswith("data:"):
-        return None
-    data = line[5:]
-    return data[1:] if data.startswith(" ") else data
-
-
-def _error_text(payload: object) -> str:
-    """The message of an OpenAI (`error.message`), vLLM or TGI (`error`) error body."""
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-        if isinstance(payload.get("message"), str):
-            return str(payload["message"])
-        if isinstance(payload.get("detail"), str):
-            return str(payload["detail"])
-    return json.dumps(payload)[:_MAX_ERROR_CHARS]
-
-
-def _token_count(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        return None
-    return value
-
-
-def _count_tokens(text: str) -> int:
-    """Tokens in `text` by `serve_app.models.tokens.count_tokens`, else whitespace words."""
-    try:
-        module = importlib.import_module("serve_app.models.tokens")
-    except ImportError:
-        return len(text.split())
-    counter = getattr(module, "count_tokens", None)
-    if not callable(counter):
-        return len(text.split())
-    return int(cast(Callable[[str], int], counter)(text))
-
-
-def _count_messages(messages: tuple[ChatMessage, ...]) -> int:
-    return sum(_count_tokens(m.content) for m in messages)
