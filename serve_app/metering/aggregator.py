@@ -26,7 +26,8 @@ from typing import Any, Protocol
 import ray
 
 from serve_app.metering.ledger import MeterLedger
-from serve_app.metering.stripe_sink import LOCAL_TEST_KEY, StripeSink, backoff_s
+from serve_app.metering.stripe_errors import backoff_s
+from serve_app.metering.stripe_sink import LOCAL_TEST_KEY, StripeSink
 from serve_app.metering.types import (
     METER_EVENTS,
     OutboxEntry,

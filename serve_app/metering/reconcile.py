@@ -31,7 +31,8 @@ from typing import Any, Literal, cast
 
 import stripe
 
-from serve_app.metering.stripe_sink import active_meters, redact
+from serve_app.metering.stripe_errors import redact
+from serve_app.metering.stripe_setup import active_meters
 from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS
 
 Pair = tuple[str, str]

@@ -2,25 +2,28 @@
 
 Uses the real `stripe` SDK (`StripeClient`, async calls over `stripe.HTTPXClient`),
 against Stripe (test or live key) or the bundled emulator (`api_base`). The SDK never
-retries (`max_network_retries=0`): retrying is the outbox's job, paced by `backoff_s`.
+retries (`max_network_retries=0`): retrying is the outbox's job, paced by
+`stripe_errors.backoff_s`.
 
 Guarantees (what a `SendResult` means; the outbox acts on it):
 - DELIVERED: Stripe recorded an event with this identifier: accepted now, or already
   recorded before (an idempotent replay, or Stripe's duplicate-identifier refusal, see
-  `is_duplicate`). Every send of an entry carries the same identifier and the
-  same `Idempotency-Key` (= the identifier), so no number of retries, from any process,
-  records it twice while Stripe remembers it (24 hours; older is the ledger's job).
+  `stripe_errors.is_duplicate`). Every send of an entry carries the same identifier
+  and the same `Idempotency-Key` (= the identifier), so no number of retries, from any
+  process, records it twice while Stripe remembers it (24 hours; older is the ledger's
+  job).
 - RETRY: nothing is known to be recorded, or it may be but a retry is harmless:
   429, 5xx, 409, network errors and timeouts, an expired or refused key or session
-  (configuration: the entry is fine and waits in the outbox rather than being dropped).
+  (configuration: the entry is fine and waits in the outbox rather than being dropped);
+  `stripe_errors.classify` sorts Stripe's errors into RETRY and PERMANENT.
 - PERMANENT: Stripe would never accept it: its own 4xx refusal (`detail` carries
   Stripe's code, e.g. `meter_event_invalid_value`), or a rule checked here before any
   meter-event request (identifier ≤ 100 characters, event name ≤ 100, a whole number
   ≥ 0, a timestamp 35 days back to 5 minutes ahead, a customer Stripe has: checked once
   per process, since Stripe takes events of unknown customers and drops them later
   without a word): such an entry is never sent, and `detail` ends with "(not sent)".
-- `detail` never holds the API key (nor any string shaped like a Stripe key), and
-  neither do the errors this module raises or its `repr`.
+- `detail` never holds the API key (nor any string shaped like a Stripe key:
+  `stripe_errors.redact`), and neither do the errors this module raises or its `repr`.
 
 Per customer × meter, events go one at a time (Stripe answers 409 to concurrent events
 on one customer and meter); different pairs go in parallel up to `concurrency`.
@@ -31,6 +34,8 @@ renewed once if Stripe says it expired. A batch refused as a whole is sent again
 by event on v1, so only the bad events end PERMANENT. Stripe validates stream events
 asynchronously: DELIVERED there means accepted for processing; reconciliation
 (`reconcile`) catches what Stripe drops later.
+The client (`make_client`) and the start-up checks of meters and customers
+(`ensure_setup`): `stripe_setup.py`.
 """
 
 from __future__ import annotations
@@ -38,17 +43,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
-import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, cast
-from urllib.parse import urlsplit
+from typing import Any, Literal, cast
 
 import stripe
 
+from serve_app.metering.stripe_errors import classify
+from serve_app.metering.stripe_setup import (
+    CUSTOMER_PAYLOAD_KEY,
+    VALUE_PAYLOAD_KEY,
+    SetupReport,
+    customer_exists,
+    ensure_meters_and_customers,
+    is_stripe_host,
+    make_client,
+)
 from serve_app.metering.types import (
     OutboxEntry,
     PermanentSyncError,
@@ -57,9 +69,6 @@ from serve_app.metering.types import (
     SendStatus,
 )
 
-if TYPE_CHECKING:
-    from stripe.params import CustomerCreateParams
-
 log = logging.getLogger(__name__)
 
 MAX_IDENTIFIER_CHARS = 100
@@ -67,27 +76,9 @@ MAX_EVENT_NAME_CHARS = 100
 PAST_LIMIT_S = 35 * 86_400
 FUTURE_LIMIT_S = 5 * 60
 STREAM_MAX_EVENTS = 100
-CUSTOMER_PAYLOAD_KEY = "stripe_customer_id"
-VALUE_PAYLOAD_KEY = "value"
-STRIPE_HOST_SUFFIX = "stripe.com"
-
-DUPLICATE_CODES = frozenset({"duplicate_meter_event", "resource_already_exists"})
-"""Codes meaning "this identifier is already recorded" (v2 documents the first)."""
-DUPLICATE_MESSAGE = re.compile(r"already exists with identifier|duplicate identifier", re.I)
-"""What Stripe's v1 duplicate refusal says; it carries no code (emulator docstring)."""
-_KEY_SHAPE = re.compile(r"\b(?:sk|rk|pk)_(?:test|live)_[0-9A-Za-z_]+")
-REDACTED = "[redacted]"
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 LOCAL_TEST_KEY = "sk_test_rtcts_emulator"
 """The key sent to a Stripe-compatible local server when no STRIPE_API_KEY is set (the
 bundled emulator accepts any test key)."""
-
-
-def redact(text: str, secret: str | None = None) -> str:
-    """`text` with the key (and anything shaped like a Stripe key) replaced."""
-    if secret:
-        text = text.replace(secret, REDACTED)
-    return _KEY_SHAPE.sub(REDACTED, text)
 
 
 def check_entry(entry: OutboxEntry, now_s: int) -> str | None:
@@ -117,105 +108,9 @@ def check_entry(entry: OutboxEntry, now_s: int) -> str | None:
     return None
 
 
-def is_duplicate(exc: BaseException) -> bool:
-    """Stripe's answer for an identifier it already recorded (counts as delivered)."""
-    if not isinstance(exc, stripe.StripeError) or isinstance(exc, stripe.IdempotencyError):
-        return False
-    if exc.http_status not in (400, 409):
-        return False
-    message = exc.user_message or ""
-    return exc.code in DUPLICATE_CODES or bool(DUPLICATE_MESSAGE.search(message))
-
-
-def _network_cause(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    return type(cause).__name__ if cause is not None else type(exc).__name__
-
-
-def classify(exc: BaseException, identifier: str, secret: str | None = None) -> SendResult:
-    """How a failed meter-event call ended, per the module docstring (pure)."""
-    status = getattr(exc, "http_status", None)
-    code = getattr(exc, "code", None)
-    message = redact(str(getattr(exc, "user_message", "") or ""), secret)
-    shown = f"{code or type(exc).__name__}: {message}".rstrip(": ")
-    if status is not None:
-        shown += f" (HTTP {status})"
-
-    def result(kind: SendStatus, detail: str) -> SendResult:
-        return SendResult(identifier, kind, redact(detail, secret))
-
-    if is_duplicate(exc):
-        return result(SendStatus.DELIVERED, "duplicate identifier: Stripe already has it")
-    if isinstance(exc, stripe.IdempotencyError):
-        if status == 409:
-            return result(SendStatus.RETRY, f"idempotency_key_in_use: {message}")
-        return result(SendStatus.PERMANENT, f"idempotency_error: {message}")
-    if isinstance(exc, stripe.APIConnectionError):
-        return result(SendStatus.RETRY, f"network: {_network_cause(exc)}")
-    if isinstance(
-        exc,
-        stripe.RateLimitError
-        | stripe.AuthenticationError
-        | stripe.PermissionError
-        | stripe.TemporarySessionExpiredError,
-    ):
-        return result(SendStatus.RETRY, shown)
-    if isinstance(exc, stripe.StripeError):
-        if status is None or status >= 500 or status in RETRYABLE_STATUSES:
-            return result(SendStatus.RETRY, shown)
-        return result(SendStatus.PERMANENT, shown)
-    if isinstance(exc, TimeoutError | OSError):
-        return result(SendStatus.RETRY, f"network: {type(exc).__name__}")
-    return result(SendStatus.RETRY, f"unexpected: {type(exc).__name__}")
-
-
-def backoff_s(
-    attempt: int, rng: random.Random, *, base_s: float = 0.5, cap_s: float = 60.0
-) -> float:
-    """Seconds to wait before retry number `attempt` (0 = first): exponential, full jitter.
-
-    Uniform in `[0, min(cap_s, base_s · 2^attempt)]` (pure, given `rng`).
-    """
-    if attempt < 0:
-        raise ValueError("attempt must be >= 0")
-    return rng.uniform(0.0, min(cap_s, base_s * 2.0 ** min(attempt, 64)))
-
-
 def rfc3339(ts: int) -> str:
     """Unix seconds -> the RFC 3339 form v2 meter events take."""
     return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def is_stripe_host(api_base: str | None) -> bool:
-    """True for Stripe itself (no base, or a *.stripe.com address)."""
-    if api_base is None:
-        return True
-    host = urlsplit(api_base).hostname or ""
-    return host == STRIPE_HOST_SUFFIX or host.endswith("." + STRIPE_HOST_SUFFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class SetupReport:
-    """What `ensure_setup` found and did."""
-
-    meters: Mapping[str, str]
-    """event_name -> Stripe meter id."""
-    created_meters: tuple[str, ...] = ()
-    created_customers: tuple[str, ...] = ()
-    missing_customers: tuple[str, ...] = ()
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-class StripeSetupError(PermanentSyncError):
-    """Meters or customers are not as rtcts needs them; `report` says which."""
-
-    def __init__(self, report: SetupReport) -> None:
-        super().__init__("Stripe set-up incomplete: " + "; ".join(report.problems))
-        self.report = report
 
 
 @dataclass
@@ -225,25 +120,6 @@ class _Session:
 
 
 SendMode = Literal["v1", "v2"]
-
-
-def make_client(
-    api_key: str, api_base: str | None = None, *, timeout_s: float = 10.0
-) -> tuple[stripe.StripeClient, stripe.HTTPXClient]:
-    """A StripeClient for Stripe or a Stripe-compatible `api_base` (both hosts), that
-    never retries by itself, over an async-capable httpx client (returned to close it)."""
-    http_client = stripe.HTTPXClient(timeout=timeout_s)
-    bases: dict[str, str] = {}
-    if api_base is not None:
-        base = api_base.rstrip("/")
-        bases = {"api": base, "meter_events": base}
-    client = stripe.StripeClient(
-        api_key,
-        base_addresses=cast("Any", bases),
-        max_network_retries=0,
-        http_client=http_client,
-    )
-    return client, http_client
 
 
 class StripeSink:
@@ -364,7 +240,7 @@ class StripeSink:
         """Whether Stripe has customer `cid` (positive answers cached for the process)."""
         if not self._verify_customers or cid in self._customers:
             return True
-        if await self._customer_exists(cid):
+        if await customer_exists(self._client, cid):
             self._customers.add(cid)
             return True
         return False
@@ -489,109 +365,14 @@ class StripeSink:
         Network trouble raises `RetryableSyncError`; other refusals `PermanentSyncError`.
         """
         try:
-            return await self._ensure_setup(customers, event_names)
+            return await ensure_meters_and_customers(
+                self._client,
+                customers,
+                event_names,
+                create_customers=self._create_customers,
+                known_customers=self._customers,
+            )
         except stripe.StripeError as exc:
             result = classify(exc, "", self._secret)
             error = RetryableSyncError if result.status is SendStatus.RETRY else PermanentSyncError
             raise error(f"Stripe set-up failed: {result.detail}") from None
-
-    async def _ensure_setup(
-        self, customers: Iterable[tuple[str, str]], event_names: Iterable[str]
-    ) -> SetupReport:
-        existing = await active_meters(self._client)
-        meters: dict[str, str] = {}
-        created_meters: list[str] = []
-        problems: list[str] = []
-        for name in dict.fromkeys(event_names):
-            meter = existing.get(name)
-            if meter is None:
-                meter = await self._client.v1.billing.meters.create_async(
-                    params={
-                        "display_name": name,
-                        "event_name": name,
-                        "default_aggregation": {"formula": "sum"},
-                        "customer_mapping": {
-                            "event_payload_key": CUSTOMER_PAYLOAD_KEY,
-                            "type": "by_id",
-                        },
-                        "value_settings": {"event_payload_key": VALUE_PAYLOAD_KEY},
-                    },
-                    options={"idempotency_key": f"rtcts-meter-{name}"},
-                )
-                created_meters.append(name)
-            else:
-                problems.extend(_meter_problems(meter))
-            meters[name] = meter.id
-        created: list[str] = []
-        missing: list[str] = []
-        for cid, display in dict(customers).items():
-            if await self._customer_exists(cid):
-                self._customers.add(cid)
-                continue
-            if self._create_customers:
-                params = cast("CustomerCreateParams", {"id": cid, "name": display})
-                await self._client.v1.customers.create_async(
-                    params=params, options={"idempotency_key": f"rtcts-customer-{cid}"}
-                )
-                created.append(cid)
-                self._customers.add(cid)
-            else:
-                missing.append(cid)
-        if missing:
-            problems.append(
-                f"{len(missing)} Stripe customer(s) not found: {', '.join(missing)} "
-                "(create them in Stripe, or fix stripe_customer_id in the policy)"
-            )
-        report = SetupReport(
-            meters=meters,
-            created_meters=tuple(created_meters),
-            created_customers=tuple(created),
-            missing_customers=tuple(missing),
-            problems=tuple(problems),
-        )
-        if problems:
-            raise StripeSetupError(report)
-        return report
-
-    async def _customer_exists(self, cid: str) -> bool:
-        try:
-            customer = await self._client.v1.customers.retrieve_async(cid)
-        except stripe.InvalidRequestError as exc:
-            if exc.http_status == 404:
-                return False
-            raise
-        return not bool(getattr(customer, "deleted", False))
-
-
-async def active_meters(client: stripe.StripeClient) -> dict[str, stripe.billing.Meter]:
-    """event_name -> the active meter for it (every page of the list)."""
-    out: dict[str, stripe.billing.Meter] = {}
-    after: str | None = None
-    while True:
-        params: dict[str, Any] = {"status": "active", "limit": 100}
-        if after is not None:
-            params["starting_after"] = after
-        page = await client.v1.billing.meters.list_async(params=cast("Any", params))
-        for meter in page.data:
-            out.setdefault(meter.event_name, meter)
-        if not page.has_more or not page.data:
-            return out
-        after = page.data[-1].id
-
-
-def _meter_problems(meter: stripe.billing.Meter) -> list[str]:
-    found = {
-        "default_aggregation.formula": meter.default_aggregation.formula,
-        "customer_mapping.event_payload_key": meter.customer_mapping.event_payload_key,
-        "value_settings.event_payload_key": meter.value_settings.event_payload_key,
-    }
-    wanted = {
-        "default_aggregation.formula": "sum",
-        "customer_mapping.event_payload_key": CUSTOMER_PAYLOAD_KEY,
-        "value_settings.event_payload_key": VALUE_PAYLOAD_KEY,
-    }
-    return [
-        f"meter {meter.id} ({meter.event_name}) has {k}={found[k]!r}, rtcts needs {wanted[k]!r}"
-        for k in wanted
-        if found[k] != wanted[k]
-    ]

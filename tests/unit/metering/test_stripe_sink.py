@@ -13,15 +13,9 @@ import pytest
 import stripe
 
 from rtcts_dev.stripe_emulator import EMULATOR_API_KEY, EmulatorServer, Faults
-from serve_app.metering.stripe_sink import (
-    StripeSetupError,
-    StripeSink,
-    backoff_s,
-    check_entry,
-    classify,
-    is_stripe_host,
-    redact,
-)
+from serve_app.metering.stripe_errors import backoff_s, classify, redact
+from serve_app.metering.stripe_setup import StripeSetupError, is_stripe_host
+from serve_app.metering.stripe_sink import StripeSink, check_entry
 from serve_app.metering.types import (
     METER_EVENT_BILLED,
     METER_EVENT_TOKENS,
