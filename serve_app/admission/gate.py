@@ -40,6 +40,7 @@ if that moment is still inside it (`RedisAdmission.settle(age_s=...)`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -105,6 +106,7 @@ class AdmissionGate:
         self._clock = clock
         self._pending: deque[_Settle] = deque()
         self._flushing = False
+        self._policy_checked = False
         self.outages = 0
         self.dropped_settles = 0
         """Settles given up: the queue was full, or a retry could have counted twice."""
@@ -198,6 +200,12 @@ class AdmissionGate:
 
     async def _up(self) -> None:
         self._mark_up()
+        if not self._policy_checked:
+            # Once, at the first answer (where this replica starts using Redis): warn if
+            # Redis may evict budgets and settles. Never fails or delays admission long.
+            self._policy_checked = True
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await self._call(self._store.eviction_policy())
         await self._flush()
 
     def _mark_up(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from serve_app.admission.keys import TenantKeys, month_of
 from serve_app.admission.types import Admitted, Limits, RefusalCode, Refused, Ticket, Usage
+from serve_app.redis_checks import check_eviction_policy
 
 LUA_DIR = Path(__file__).with_name("lua")
 ADMIT_LUA = (LUA_DIR / "admit.lua").read_text(encoding="utf-8")
@@ -121,6 +122,11 @@ class RedisAdmission:
             ],
         )
         return int(done) == 1
+
+    async def eviction_policy(self) -> str | None:
+        """Redis's `maxmemory-policy`, with a warning logged unless it is `noeviction`
+        (None when CONFIG is not allowed); see `serve_app/redis_checks.py`."""
+        return await check_eviction_policy(self._client, "admission")
 
     async def usage(self, tenant_id: str) -> Usage:
         now_s, now_ms = self._now()

@@ -8,7 +8,11 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
     rtcts:agg:{s<i>}:customers   tenant -> Stripe customer
     rtcts:agg:{s<i>}:tenants     per-tenant totals ("tenant|billed|credited|meters|failed")
     rtcts:agg:{s<i>}:outbox      closed windows not yet delivered (identifier -> entry)
-    rtcts:agg:{s<i>}:sent        delivered windows (identifier -> entry): the local ledger
+    rtcts:agg:{s<i>}:sent:<day>  delivered windows whose start is in that UTC day
+                                 (identifier -> entry): the local ledger, entry by entry;
+                                 each day's hash expires `SENT_RETENTION_S` after the day
+                                 ends (`rtcts:agg:{s<i>}:sent`, one hash for all days, is
+                                 the older layout: moved into day hashes at start-up)
     rtcts:agg:{s<i>}:ledger      totals closed per "customer|event" (source of truth)
     rtcts:agg:{s<i>}:synced      totals delivered per "customer|event"
     rtcts:agg:{s<i>}:dead        windows Stripe refused for good (identifier -> entry|reason)
@@ -18,20 +22,30 @@ Guarantees of each step, if the process dies right after it:
 - `fold`: the batch is folded and acknowledged, or neither (one Lua script);
 - `close_due`: each due window is in the outbox and the ledger, or still open;
 - `mark_delivered` / `dead_letter`: the entry moved, in one MULTI/EXEC;
-- `trim`: only entries already folded and acknowledged go, never an unread or pending one.
+- `trim`: only entries already folded and acknowledged go, never an unread or pending one;
+- `ensure_group` (start-up): warns when Redis may evict keys (`redis_checks.py`), and
+  moves records of the older single `sent` hash into day hashes, one MULTI/EXEC per
+  chunk (each record is in the old hash or its day hash; a rerun moves the rest).
+
+Retention: the totals (`ledger`, `synced`, `tenants`) grow with customers, not with time;
+the delivered windows grow with time and are kept per day, for `SENT_RETENTION_S` (longer
+than reconciliation's horizon, `RECONCILE_HORIZON_S`), so reconciliation reads only the
+days of its range, and a day past retention leaves Redis on its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from serve_app.metering.entry import F_SUMMARY, Group, batch_item
-from serve_app.metering.horizons import FOLD_DEDUP_S
+from serve_app.metering.horizons import DAY_S, FOLD_DEDUP_S, SENT_RETENTION_S
 from serve_app.metering.stream import stream_key
 from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS, OutboxEntry
 from serve_app.metering.windows import identifier
+from serve_app.redis_checks import check_eviction_policy
 
 LUA_DIR = Path(__file__).with_name("lua")
 FOLD_LUA = (LUA_DIR / "fold.lua").read_text(encoding="utf-8")
@@ -75,7 +89,12 @@ class ShardKeys:
 
     @property
     def sent(self) -> str:
+        """The older layout: one hash of every delivered window (see `sent_day`)."""
         return self.name("sent")
+
+    def sent_day(self, day: int) -> str:
+        """Delivered windows starting in UTC day `day` (days since the epoch)."""
+        return self.name(f"sent:{day_name(day)}")
 
     @property
     def ledger(self) -> str:
@@ -88,6 +107,15 @@ class ShardKeys:
     @property
     def dead(self) -> str:
         return self.name("dead")
+
+
+def day_name(day: int) -> str:
+    return datetime.fromtimestamp(day * DAY_S, UTC).strftime("%Y-%m-%d")
+
+
+def sent_expiry_s(window_start: int) -> int:
+    """When the record of a window starting then leaves Redis (Unix seconds)."""
+    return (window_start // DAY_S + 1) * DAY_S + SENT_RETENTION_S
 
 
 def _text(value: Any) -> str:
@@ -119,6 +147,7 @@ class MeterLedger:
         self._close = client.register_script(CLOSE_LUA)
 
     async def ensure_group(self) -> None:
+        """Start-up: the consumer group, the eviction check, the older `sent` layout."""
         from redis.exceptions import ResponseError
 
         try:
@@ -126,6 +155,38 @@ class MeterLedger:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        await check_eviction_policy(self._client, "billing")
+        await self.migrate_sent()
+
+    async def migrate_sent(self, chunk: int = 500) -> int:
+        """Move the records of the older single `sent` hash into day hashes (dropping
+        those past retention); returns how many were moved or dropped. Each chunk is
+        one MULTI/EXEC: a record is in exactly one place whatever stops this."""
+        k = self.keys
+        if not await self._client.exists(k.sent):
+            return 0
+        seconds, _ = await self._client.time()
+        now = int(seconds)
+        done = 0
+        cursor = 0
+        while True:
+            cursor, raw = await self._client.hscan(k.sent, cursor, count=chunk)
+            if raw:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for ident, value in raw.items():
+                        pipe.hdel(k.sent, ident)
+                        try:
+                            start = parse_entry(_text(ident), value).window_start
+                        except ValueError:
+                            continue  # not a record: nothing can read it; it goes
+                        if sent_expiry_s(start) > now:
+                            day = k.sent_day(start // DAY_S)
+                            pipe.hset(day, ident, value)
+                            pipe.expireat(day, sent_expiry_s(start))
+                    await pipe.execute()
+                done += len(raw)
+            if int(cursor) == 0:
+                return done
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[tuple[str, FoldItem]]:
         """Up to `count` entries (batches): pending entries of this consumer first (after
@@ -231,7 +292,11 @@ class MeterLedger:
         k = self.keys
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hdel(k.outbox, entry.identifier)
-            pipe.hset(k.sent, entry.identifier, _encode(entry))
+            day = k.sent_day(entry.window_start // DAY_S)
+            pipe.hset(day, entry.identifier, _encode(entry))
+            # Past retention (or already past it, for a window delivered very late) the
+            # day's records leave Redis; `synced` keeps the total.
+            pipe.expireat(day, sent_expiry_s(entry.window_start))
             pipe.hincrby(k.synced, f"{entry.stripe_customer_id}|{entry.event_name}", entry.value)
             await pipe.execute()
 
@@ -247,10 +312,20 @@ class MeterLedger:
         raw = await self._client.hgetall(self.keys.name(name))
         return {_text(f): int(v) for f, v in raw.items()}
 
-    async def sent(self) -> list[OutboxEntry]:
-        """Every window delivered to Stripe (the local ledger, entry by entry)."""
-        raw = await self._client.hgetall(self.keys.sent)
-        return [parse_entry(_text(i), v) for i, v in raw.items()]
+    async def sent(self, start_s: int, end_s: int) -> list[OutboxEntry]:
+        """The windows delivered to Stripe that start in `[start_s, end_s)` (the local
+        ledger, entry by entry): only the day hashes of that range are read, and only
+        days within retention hold anything."""
+        if end_s <= start_s:
+            return []
+        first = max(start_s, end_s - SENT_RETENTION_S - DAY_S) // DAY_S
+        last = (end_s - 1) // DAY_S
+        async with self._client.pipeline(transaction=False) as pipe:
+            for day in range(first, last + 1):
+                pipe.hgetall(self.keys.sent_day(day))
+            days = await pipe.execute()
+        entries = (parse_entry(_text(i), v) for raw in days for i, v in raw.items())
+        return [e for e in entries if start_s <= e.window_start < end_s]
 
     async def tenant_totals(self, tenant_id: str) -> dict[str, int]:
         fields = ("billed", "credited", "meters", "failed")

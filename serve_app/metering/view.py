@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from serve_app.metering.horizons import DAY_S, RECONCILE_HORIZON_S
 from serve_app.metering.ledger import MeterLedger
 from serve_app.metering.reconcile import DriftReport, reconcile
 from serve_app.metering.stream import shard_of
@@ -50,15 +51,16 @@ class BillingView:
         """The local ledger over `[start_s, end_s)`: (customer, event) -> total delivered."""
         totals: dict[tuple[str, str], int] = {}
         for ledger in self._ledgers:
-            for entry in await ledger.sent():
-                if start_s <= entry.timestamp < end_s:
-                    key = (entry.stripe_customer_id, entry.event_name)
-                    totals[key] = totals.get(key, 0) + entry.value
+            for entry in await ledger.sent(start_s, end_s):
+                key = (entry.stripe_customer_id, entry.event_name)
+                totals[key] = totals.get(key, 0) + entry.value
         return totals
 
     async def reconcile(self, stripe_client: Any, days: int = 30) -> DriftReport:
-        """Compare what was delivered over the last `days` with Stripe's event summaries
-        (the local ledger is the source of truth; Stripe keeps identifiers ~24 h only)."""
+        """Compare what was delivered over the last `days` (at most the reconciliation
+        horizon, 35 days: Stripe's own limit) with Stripe's event summaries (the local
+        ledger is the source of truth; Stripe keeps identifiers ~24 h only)."""
+        days = max(1, min(days, RECONCILE_HORIZON_S // DAY_S))
         now = int(time.time())
         end = (now // 60 + 1) * 60
         start = (now - days * 86400) // 60 * 60
