@@ -4,7 +4,9 @@
 limit and the monthly budget (reserving the request's estimated tokens and worst-case
 price); `settle` moves a reservation to the verified tokens and billed amount, exactly
 once per request id. Reservations of requests that never settle (the ingress died)
-expire after `reservation_ttl_s` and are released by the next `admit`.
+expire after `reservation_ttl_s` and are released by the next `admit`: that lifetime must
+exceed the longest generation the policy allows (`lifetime.reservation_ttl_s(policy)`),
+or a request still running loses its reservation and its budget is admitted twice.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from serve_app.redis_checks import check_eviction_policy
 LUA_DIR = Path(__file__).with_name("lua")
 ADMIT_LUA = (LUA_DIR / "admit.lua").read_text(encoding="utf-8")
 SETTLE_LUA = (LUA_DIR / "settle.lua").read_text(encoding="utf-8")
-RESERVATION_TTL_S = 600.0
+RESERVATION_TTL_S = 3600.0
+"""The default lifetime of a reservation when the caller passes none derived from its
+policy (`lifetime.reservation_ttl_s`): an hour, generous on purpose. Too short, a
+running request's budget is admitted again; too long, a dead ingress's reservations
+hold budget that long (they are released by expiry only)."""
 SETTLE_DEDUP_S = 3600
 """How long `settle` remembers a settled request id (its `settled` ZSET): a retry of the
 same settle within this time is answered 0 and adds nothing. Retrying later could count
