@@ -1,11 +1,102 @@
-"""Shared test fakes: a clock that stands still until a test moves it, and valid policy
-dicts (a model entry, a plan, a whole policy) to override field by field."""
+"""Shared test fakes: a clock that stands still until a test moves it, valid policy
+dicts (a model entry, a plan, a whole policy) to override field by field, and a model
+deployment handle that implements the part of Serve's `DeploymentHandle` rtcts uses."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FakeClock", "model_dict", "plan_dict", "policy_dict"]
+from serve_app.models.backend import Completion, Delta, GenerationRequest
+
+__all__ = ["FakeClock", "FakeHandle", "model_dict", "plan_dict", "policy_dict"]
+
+COMPLETION = Completion(
+    text="GPUs are fast.",
+    finish_reason="stop",
+    input_tokens=20,
+    output_tokens=50,
+    ttft_s=0.2,
+    total_s=2.0,
+)
+DELTAS = (
+    Delta("GPUs"),
+    Delta(" are"),
+    Delta(" fast.", finish_reason="stop", input_tokens=20, output_tokens=3),
+)
+
+
+class FakeHandle:
+    """A Serve DeploymentHandle stand-in: `options(...).remote(request)` is awaitable for
+    "generate" and an async iterator for "stream".
+
+    `delay_s` waits before answering (a queue or a cold start); `on_call` runs with
+    each request as it arrives (tests use it to look at the ingress's state then)."""
+
+    def __init__(
+        self,
+        *,
+        completion: Completion = COMPLETION,
+        deltas: Sequence[Delta] = DELTAS,
+        error: BaseException | None = None,
+        fail_after: int | None = None,
+        delay_s: float = 0.0,
+        on_call: Callable[[GenerationRequest], None] | None = None,
+    ) -> None:
+        self.completion = completion
+        self.deltas = tuple(deltas)
+        self.error = error
+        self.fail_after = fail_after
+        """Stream this many deltas, then raise `error`."""
+        self.delay_s = delay_s
+        self.on_call = on_call
+        self.calls_seen: list[tuple[str, bool]] = []
+        """(method_name, stream) of each call made through `options(...).remote`."""
+        self.requests: list[GenerationRequest] = []
+
+    def options(self, **kwargs: Any) -> _Call:
+        call = _Call(self, kwargs.pop("method_name"), kwargs.pop("stream", False))
+        assert not kwargs, f"unexpected handle options: {kwargs}"
+        return call
+
+    def _note(self, request: GenerationRequest) -> None:
+        self.requests.append(request)
+        if self.on_call is not None:
+            self.on_call(request)
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self._note(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        return self.completion
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        self._note(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        for index, delta in enumerate(self.deltas):
+            if self.error is not None and index == (self.fail_after or 0):
+                raise self.error
+            yield delta
+
+
+@dataclass
+class _Call:
+    handle: FakeHandle
+    method_name: str
+    stream: bool
+
+    def remote(self, request: GenerationRequest) -> Any:
+        self.handle.calls_seen.append((self.method_name, self.stream))
+        if self.method_name == "stream":
+            assert self.stream, "a stream must be asked for with stream=True"
+            return self.handle.stream(request)
+        assert self.method_name == "generate"
+        return self.handle.generate(request)
 
 
 class FakeClock:

@@ -16,6 +16,7 @@ about the API but 401.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures.
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,10 +37,14 @@ QUOTE_PATH = "/v1/quote"
 
 
 async def answer_chat(
-    service: ChatService, tenant: Tenant, body: ChatCompletionRequest, request_id: str | None
+    service: ChatService,
+    tenant: Tenant,
+    body: ChatCompletionRequest,
+    client_request_id: str | None,
+    arrived_s: float | None = None,
 ) -> Response:
     """A chat request's answer: the service's values, rendered (refusals are raised)."""
-    call = await service.start(tenant, body, request_id)
+    call = await service.start(tenant, body, client_request_id, arrived_s)
     if body.stream:
         return render.stream_response(call, service.stream(call))
     return render.chat_response(await service.complete(call))
@@ -91,10 +96,11 @@ class Ingress:
         return tenant, body, headers.get(b"x-request-id")
 
     async def chat_completions(self, scope: Scope, receive: Receive) -> Response:
-        tenant, body, request_id = await self._tenant_and_body(scope, receive)
-        # Serve's RequestIdMiddleware puts the id (the client's, or a new one) in the
-        # request headers and sends it back as x-request-id.
-        return await answer_chat(self.service, tenant, body, request_id)
+        arrived_s = time.monotonic()
+        tenant, body, client_request_id = await self._tenant_and_body(scope, receive)
+        # Serve's RequestIdMiddleware echoes the client's X-Request-ID (or one of its
+        # own); rtcts records it and keys everything on an id of its own.
+        return await answer_chat(self.service, tenant, body, client_request_id, arrived_s)
 
     async def quote(self, scope: Scope, receive: Receive) -> Response:
         tenant, body, _ = await self._tenant_and_body(scope, receive)

@@ -38,8 +38,10 @@ class ChatCall:
     generation: GenerationRequest
     service_s: float
     """How long it will hold a batch slot, for the queue wait of those behind it."""
-    id_made_here: bool = False
-    """True when no upstream layer sent the id back to the client (render adds it)."""
+    arrived_s: float = 0.0
+    """Monotonic clock time at which the request reached the ingress."""
+    client_request_id: str | None = None
+    """The client's `X-Request-ID`, recorded in the meter, never used as a key."""
 
     @property
     def chosen(self) -> CandidateQuote:

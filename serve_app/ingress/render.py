@@ -119,10 +119,10 @@ def error_sse(error: Exception) -> bytes:
 
 
 def call_headers(call: ChatCall) -> dict[str, str]:
-    """The decision's headers, and the request id when no layer above sends it."""
+    """The decision's headers and rtcts's own request id (the id of the meter and of
+    `chatcmpl-...`; Serve echoes the client's `X-Request-ID` on its own)."""
     headers = quote_headers(call.decision)
-    if call.id_made_here:
-        headers["x-request-id"] = call.request_id
+    headers["x-rtcts-request-id"] = call.request_id
     return headers
 
 

@@ -44,11 +44,13 @@ from serve_app.ingress.call import (
 )
 from serve_app.ingress.history import OutputHistory
 from serve_app.ingress.protocol import ChatCompletionRequest
+from serve_app.ingress.pump import DeltaPump
 from serve_app.ingress.settlement import Settlement
-from serve_app.models.backend import Completion, Delta, GenerationRequest
-from serve_app.models.tokens import count_chat_tokens
+from serve_app.models.backend import Completion, GenerationRequest
+from serve_app.models.tokens import count_chat_tokens, count_tokens
 from serve_app.policy import LoadedPolicy, Tenant
 from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide
+from serve_app.pricing.billing import output_tokens_within
 from serve_app.pricing.cost import full_batch_service_s
 from serve_app.telemetry import Metrics, span_attributes, tracer, tracing
 
@@ -116,21 +118,28 @@ class ChatService:
     # ------------------------------------------------------------------ chat
 
     async def start(
-        self, tenant: Tenant, body: ChatCompletionRequest, request_id: str | None = None
+        self,
+        tenant: Tenant,
+        body: ChatCompletionRequest,
+        client_request_id: str | None = None,
+        arrived_s: float | None = None,
     ) -> ChatCall:
         """Decide and admit a chat request: the call to serve, or a refusal raised.
 
-        `request_id` is Serve's (which also sends it back as `x-request-id`); without one,
-        an id is made here and `ChatCall.id_made_here` says so."""
-        id_made_here = request_id is None
-        request_id = request_id or uuid.uuid4().hex
+        The request id is made here, always: it is the admission member, the settle key
+        and the meter's id, so a client cannot pick it (ten requests sent with one
+        `X-Request-ID` are ten requests). The client's id is only recorded.
+        `arrived_s` (monotonic) is when the request reached the ingress: its latency,
+        queue and cold start included, is measured from there."""
+        arrived_s = time.monotonic() if arrived_s is None else arrived_s
+        request_id = uuid.uuid4().hex
         quoted = self._traced_quote(tenant, body, request_id)
         decision = quoted.decision
         self._metrics.decision(
             decision.model_id or body.model, decision.action.value, decision.reason.value
         )
-        await self._admit(tenant, request_id, decision, body.price_cap_micro())
         if decision.model_id is None or decision.chosen is None:
+            await self._admit(tenant, request_id, decision, None, 0)
             raise refusal(decision)
         model = self.book.models[decision.model_id]
         output_cap = min(
@@ -138,7 +147,15 @@ class ChatService:
             model.max_output_tokens,
             max(1, model.context_window_tokens - quoted.request.input_tokens),
         )
+        cap_micro = body.price_cap_micro()
+        if cap_micro is not None:
+            # The cap bounds the worst case: generation stops where the cap is spent.
+            plan = self.book.plans[tenant.plan]
+            output_cap = min(output_cap, output_tokens_within(decision, plan, cap_micro))
+            if output_cap < 1:
+                raise PriceCapExceeded(decision.price_micro, cap_micro)
         chosen = decision.chosen
+        await self._admit(tenant, request_id, decision, cap_micro, output_cap)
         return ChatCall(
             tenant=tenant,
             body=body,
@@ -156,7 +173,8 @@ class ChatService:
             service_s=full_batch_service_s(
                 model, chosen.input_tokens, min(chosen.predicted_output_tokens, output_cap)
             ),
-            id_made_here=id_made_here,
+            arrived_s=arrived_s,
+            client_request_id=client_request_id,
         )
 
     def _traced_quote(self, tenant: Tenant, body: ChatCompletionRequest, request_id: str) -> Quoted:
@@ -193,67 +211,102 @@ class ChatService:
             raise served_error(exc) from None
         finally:
             self.state.end(call.model_id, call.service_s)
+        # From arrival: the wait before the replica began (queue, cold start) counts.
+        total_s = max(time.monotonic() - call.arrived_s, completion.total_s)
+        waited_s = total_s - completion.total_s
         served = Served(
-            completion.input_tokens, completion.output_tokens, completion.ttft_s, completion.total_s
+            completion.input_tokens,
+            completion.output_tokens,
+            waited_s + completion.ttft_s,
+            total_s,
         )
         return ChatResult(call, completion, served, self._settlement.settle(call, served))
 
     async def stream(self, call: ChatCall) -> AsyncGenerator[StreamEvent, None]:
-        """Serve the call as a stream of events. Closing the iterator (the client left)
-        stops the generation on the replica and meters the request as cancelled."""
-        handle = self._stream_handles[call.model_id]
+        """Serve the call as a stream of events.
+
+        The model's deltas are read at the model's pace (`DeltaPump`), so latency is the
+        model's from the request's arrival, never the reader's. Closing this iterator
+        (the client left) stops the generation on the replica; what was delivered is
+        billed (a partial meter), and a client that left before the first token pays
+        nothing. A model failure is never billed."""
         self.state.begin(call.model_id, call.service_s)
-        started = time.monotonic()
-        first_token_at: float | None = None
-        last: Delta | None = None
-        stream = handle.remote(call.generation)
+        pump = DeltaPump(self._stream_handles[call.model_id].remote(call.generation))
+        delivered: list[str] = []
+        delivered_at = call.arrived_s
         try:
             yield StreamOpened()
-            async for delta in stream:
-                if first_token_at is None:
-                    first_token_at = time.monotonic()
-                last = delta
+            async for at, delta in pump:
                 if delta.text:
+                    # Counted as delivered once handed to the transport (the yield).
+                    delivered.append(delta.text)
+                    delivered_at = at
                     yield StreamText(delta.text)
+            last = pump.last
             if last is None or last.finish_reason is None:
                 raise BackendError("the stream ended without a finish reason")
         except BaseException as exc:
-            # The client left or the model failed: stop the generation on the replica.
-            cancel = getattr(stream, "cancel", None)
-            if cancel is not None:
-                cancel()
-            self._settlement.fail(call, exc)
-            if isinstance(exc, Exception):
+            pump.cancel()
+            if isinstance(exc, Exception):  # the model failed
+                self._settlement.fail(call, exc)
                 yield StreamFailed(served_error(exc))
                 return
+            self._settlement.abandon(call, self._delivered(call, pump, delivered, delivered_at))
             raise
         finally:
             self.state.end(call.model_id, call.service_s)
-        ended = time.monotonic()
         served = Served(
             last.input_tokens or 0,
             last.output_tokens or 0,
-            (first_token_at or ended) - started,
-            ended - started,
+            (pump.first_at or call.arrived_s) - call.arrived_s,
+            (pump.last_at or call.arrived_s) - call.arrived_s,
         )
         yield StreamEnd(last.finish_reason, served, self._settlement.settle(call, served))
+
+    @staticmethod
+    def _delivered(
+        call: ChatCall, pump: DeltaPump, texts: list[str], last_at: float
+    ) -> Served | None:
+        """What an abandoned stream delivered (None before its first token). Output is
+        counted by rtcts's tokenizer, at most what the model reported; the prompt is the
+        model's count when it finished, else rtcts's own."""
+        if not texts:
+            return None
+        last = pump.last
+        output = count_tokens("".join(texts))
+        if last is not None and last.output_tokens is not None:
+            output = min(output, last.output_tokens)
+        input_tokens = last.input_tokens if last and last.input_tokens else None
+        first = pump.first_at or call.arrived_s
+        return Served(
+            input_tokens or call.chosen.input_tokens,
+            max(1, output),
+            first - call.arrived_s,
+            max(last_at, first) - call.arrived_s,
+        )
 
     # ------------------------------------------------------------------ admission
 
     async def _admit(
-        self, tenant: Tenant, request_id: str, decision: Decision, cap_micro: int | None
+        self,
+        tenant: Tenant,
+        request_id: str,
+        decision: Decision,
+        cap_micro: int | None,
+        output_cap: int,
     ) -> None:
         """One Redis round trip: count the request; when it will be served, reserve its
-        estimated tokens and worst-case price. Refusals are raised (`RateLimited`,
-        `BudgetExceeded`; `AdmissionUnavailable` when Redis is down and the plan fails
-        closed)."""
+        worst case (prompt plus every output token it may generate, and its worst-case
+        price), settled later to the verified figures. Refusals are raised
+        (`RateLimited`, `BudgetExceeded`; `AdmissionUnavailable` when Redis is down and
+        the plan fails closed)."""
         if self._admission is None:
             return
         chosen = decision.chosen
         ticket = Ticket(
             tenant_id=tenant.id,
             request_id=request_id,
-            tokens=chosen.input_tokens + chosen.predicted_output_tokens if chosen else 0,
+            tokens=chosen.input_tokens + output_cap if chosen else 0,
             amount_micro=worst_case_micro(decision, cap_micro),
             reserve=chosen is not None,
         )

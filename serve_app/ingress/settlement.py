@@ -1,8 +1,11 @@
 """After a served request: bill the verified tokens, settle admission, emit the meter.
 
 Guarantees kept here, for every request that was admitted:
-- exactly one meter is emitted: billable after a finished generation, non-billable
-  (billed 0, with the failure's name) after a failure or a cancel; never both;
+- exactly one meter is emitted: billable after a finished generation; billable for what
+  was delivered (`abandoned`) when the client left a stream after its first token;
+  non-billable (billed 0, with the failure's name) after a model failure or a cancel
+  before the first token; never two;
+- a cancel is not a model failure: it does not count in the failure metric;
 - the admission reservation is settled to the verified tokens and bill, or released
   (0, 0) after a failure, in the background (the gate retries while Redis is down);
 - the bill is the pure `pricing.billing.bill` of the verified counts and latency.
@@ -54,7 +57,21 @@ class Settlement:
 
     def settle(self, call: ChatCall, served: Served) -> Bill:
         """A finished generation: its bill, settled and metered."""
-        the_bill = bill(
+        the_bill = self._bill(call, served)
+        self._history.observe(call.tenant.id, call.model_id, served.output_tokens)
+        self._record(call, served, the_bill, abandoned=False)
+        return the_bill
+
+    def abandon(self, call: ChatCall, delivered: Served | None) -> None:
+        """The client left a stream: billed for what was delivered, at the same terms
+        and SLA rule as a finished one; before the first token, nothing (a cancel)."""
+        if delivered is None:
+            self.fail(call, asyncio.CancelledError())
+            return
+        self._record(call, delivered, self._bill(call, delivered), abandoned=True)
+
+    def _bill(self, call: ChatCall, served: Served) -> Bill:
+        return bill(
             call.decision,
             self._book.plans[call.tenant.plan],
             input_tokens=served.input_tokens,
@@ -64,8 +81,9 @@ class Settlement:
             credit_fraction=self._credit[call.tenant.plan],
             max_price_micro=call.body.price_cap_micro(),
         )
+
+    def _record(self, call: ChatCall, served: Served, the_bill: Bill, *, abandoned: bool) -> None:
         chosen = call.chosen
-        self._history.observe(call.tenant.id, chosen.model_id, served.output_tokens)
         self._settle_admission(
             call, served.input_tokens + served.output_tokens, the_bill.billed_micro
         )
@@ -75,13 +93,14 @@ class Settlement:
             chosen.cost_micro,
             margin(the_bill.billed_micro, chosen.cost_micro),
         )
-        self._sink.emit(meter_for(call, served, the_bill, failure=None))
-        return the_bill
+        self._sink.emit(meter_for(call, served, the_bill, failure=None, abandoned=abandoned))
 
     def fail(self, call: ChatCall, exc: BaseException) -> None:
         """A served request failed or was cancelled: a non-billable meter, never a charge."""
-        failure = "cancelled" if not isinstance(exc, Exception) else type(exc).__name__
-        self._metrics.failure(call.model_id)
+        cancelled = not isinstance(exc, Exception)
+        failure = "cancelled" if cancelled else type(exc).__name__
+        if not cancelled:
+            self._metrics.failure(call.model_id)
         self._settle_admission(call, 0, 0)  # failed: release, never charge
         logger.warning("request %s on %s failed: %s", call.request_id, call.model_id, failure)
         self._sink.emit(meter_for(call, None, None, failure=failure))
@@ -98,7 +117,12 @@ class Settlement:
 
 
 def meter_for(
-    call: ChatCall, served: Served | None, the_bill: Bill | None, failure: str | None
+    call: ChatCall,
+    served: Served | None,
+    the_bill: Bill | None,
+    failure: str | None,
+    *,
+    abandoned: bool = False,
 ) -> Meter:
     """The verified meter of a request: billable with its bill, or failed with nothing."""
     decision = call.decision
@@ -125,4 +149,6 @@ def meter_for(
         policy_version=decision.policy_version,
         ended_at_ms=int(time.time() * 1000),
         failure=failure,
+        client_request_id=call.client_request_id,
+        abandoned=abandoned,
     )

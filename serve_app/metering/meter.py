@@ -51,6 +51,10 @@ class Meter:
     policy_version: str
     ended_at_ms: int
     failure: str | None = None
+    client_request_id: str | None = None
+    """The client's `X-Request-ID`, as sent (recorded for support, never a key)."""
+    abandoned: bool = False
+    """The client left a stream part-way: billed for the tokens delivered to it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

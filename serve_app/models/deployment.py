@@ -88,9 +88,11 @@ class ModelServer:
         self._running[request.request_id] = started
         try:
             completion = await self._backend.generate(request)
-        except BaseException:
+        except Exception:
             self._stats.record(False, time.monotonic() - started)
             raise
+        # A cancel (the client left) is no failure of the model: not recorded, so a
+        # tenant who hangs up cannot raise the failure rate everyone's cost carries.
         finally:
             self._running.pop(request.request_id, None)
         self._stats.record(True, completion.total_s)
@@ -99,14 +101,18 @@ class ModelServer:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         started = time.monotonic()
         self._running[request.request_id] = started
-        ok = False
+        outcome: bool | None = None  # None: cancelled (the client left), not recorded
         try:
             async for delta in self._backend.stream(request):
                 yield delta
-            ok = True
+            outcome = True
+        except Exception:
+            outcome = False
+            raise
         finally:
             self._running.pop(request.request_id, None)
-            self._stats.record(ok, time.monotonic() - started)
+            if outcome is not None:
+                self._stats.record(outcome, time.monotonic() - started)
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy."""

@@ -9,6 +9,7 @@ taken off, and never more than the client's price cap.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -43,21 +44,47 @@ def bill(
         raise ValueError("a throttled request is not billed")
     rates = plan.rates[chosen.model_id]
     pico = input_tokens * rates.input_micro_per_1m + output_tokens * rates.output_micro_per_1m
-    predicted_pico = (
-        chosen.input_tokens * rates.input_micro_per_1m
-        + chosen.predicted_output_tokens * rates.output_micro_per_1m
-    )
-    # The decision's terms as an exact ratio: charged price / list price of the prediction.
-    # A price the decision did not change (only rounded) is the plan's rates as they are.
-    terms: Fraction | int = 1
-    if predicted_pico and decision.price_micro != pico_to_micro(predicted_pico):
-        terms = Fraction(decision.price_micro * 1_000_000, predicted_pico)
-    list_price = _round_half_up(Fraction(pico) * terms / 1_000_000)
+    list_price = _round_half_up(Fraction(pico) * _terms(decision, plan) / 1_000_000)
     if max_price_micro is not None:
         list_price = min(list_price, max_price_micro)
     sla_met = ttft_s <= plan.ttft_target_s and tpot_s <= plan.tpot_target_s
     credit = 0 if sla_met else _round_half_up(list_price * credit_fraction)
     return Bill(list_price, credit, list_price - credit, sla_met)
+
+
+def _terms(decision: Decision, plan: PlanTerms) -> Fraction:
+    """The decision's terms as an exact ratio: charged price / list price of the
+    prediction. A price the decision did not change (only rounded) is the plan's rates
+    as they are."""
+    chosen = decision.chosen
+    assert chosen is not None
+    rates = plan.rates[chosen.model_id]
+    predicted_pico = (
+        chosen.input_tokens * rates.input_micro_per_1m
+        + chosen.predicted_output_tokens * rates.output_micro_per_1m
+    )
+    if predicted_pico and decision.price_micro != pico_to_micro(predicted_pico):
+        return Fraction(decision.price_micro * 1_000_000, predicted_pico)
+    return Fraction(1)
+
+
+def output_tokens_within(decision: Decision, plan: PlanTerms, cap_micro: int) -> int:
+    """The most output tokens whose price, with the prompt, stays within `cap_micro` at
+    the decision's terms (0 when the prompt alone reaches the cap).
+
+    A price cap bounds the worst case, not the prediction: the ingress stops generation
+    here, so a request billed at its cap never got more output than the cap pays for."""
+    chosen = decision.chosen
+    if chosen is None:
+        raise ValueError("a throttled request has no output")
+    rates = plan.rates[chosen.model_id]
+    terms = _terms(decision, plan)
+    # price = round_half_up(pico * terms / 1e6) <= cap  <=  pico * terms <= cap * 1e6
+    budget_pico = Fraction(cap_micro * 1_000_000) / terms
+    left = budget_pico - chosen.input_tokens * rates.input_micro_per_1m
+    if left <= 0 or rates.output_micro_per_1m <= 0:
+        return 0 if left <= 0 else 1 << 31
+    return max(0, math.floor(left / rates.output_micro_per_1m))
 
 
 def _round_half_up(value: Fraction) -> int:

@@ -22,7 +22,7 @@ POLICY = Path(__file__).with_name("policy.yaml")
 APP_NAME = "rtcts-it"
 KEYS = {
     name: f"it-{name}"
-    for name in ("flex", "strict", "premium", "limited", "budget", "closed", "tokens")
+    for name in ("flex", "strict", "premium", "limited", "budget", "closed", "tokens", "hostile")
 }
 """API keys by plan name (and "tokens": a premium tenant of one test alone)."""
 ADMIN_KEY = "it-admin"

@@ -66,7 +66,7 @@ def test_response_headers_carry_the_price(app_url: str) -> None:
     h = response.headers
     assert h["x-rtcts-model"] == "small"
     assert h["x-rtcts-decision"] == "allow"
-    assert response.json()["id"] == "chatcmpl-" + h["x-request-id"]
+    assert response.json()["id"] == "chatcmpl-" + h["x-rtcts-request-id"]
     assert len(response.headers.get_list("x-request-id")) == 1
     assert float(h["x-rtcts-price-usd"]) > float(h["x-rtcts-cost-usd"]) > 0
     assert 0.2 <= float(h["x-rtcts-margin"]) < 1

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from serve_app.models.backend import (
 )
 from serve_app.policy import Tenant, load_policy_file
 from serve_app.telemetry import NoMetrics
+from tests.fakes import COMPLETION, FakeHandle
 
 POLICY = load_policy_file(Path(__file__).resolve().parents[3] / "policies" / "default.yaml")
 SCALING = {
@@ -58,95 +59,25 @@ MODEL = "qwen2.5-32b"  # warm and half busy below: plan pro allows it as request
 PRO = "Bearer rtcts-demo-pro"
 BASIC = "Bearer rtcts-demo-basic"
 
-COMPLETION = Completion(
-    text="GPUs are fast.",
-    finish_reason="stop",
-    input_tokens=20,
-    output_tokens=50,
-    ttft_s=0.2,
-    total_s=2.0,
-)
 # Pro, tier 2: $0.50 in / $3.50 out per 1M tokens: 20 * 0.5 + 50 * 3.5 = 185 micro-USD.
 COMPLETION_BILL_MICRO = 185
-DELTAS = (
-    Delta("GPUs"),
-    Delta(" are"),
-    Delta(" fast.", finish_reason="stop", input_tokens=20, output_tokens=3),
-)
 
 
 def _report(model_id: str, running: int) -> ReplicaReport:
     return ReplicaReport(model_id, f"{model_id}-r1", running, 0, True, 0.0, NOW)
 
 
-class FakeHandle:
-    """A Serve DeploymentHandle stand-in: `options(...).remote(request)` is awaitable for
-    "generate" and an async iterator for "stream"."""
-
-    def __init__(
-        self,
-        *,
-        completion: Completion = COMPLETION,
-        deltas: Sequence[Delta] = DELTAS,
-        error: BaseException | None = None,
-        fail_after: int | None = None,
-    ) -> None:
-        self.completion = completion
-        self.deltas = tuple(deltas)
-        self.error = error
-        self.fail_after = fail_after
-        """Stream this many deltas, then raise `error`."""
-        self.calls_seen: list[tuple[str, bool]] = []
-        """(method_name, stream) of each call made through `options(...).remote`."""
-        self.requests: list[GenerationRequest] = []
-        self.in_flight_seen: list[int] = []
-        self.in_flight_service_seen: list[float] = []
-        self.state: ClusterState | None = None
-
-    def options(self, **kwargs: Any) -> _Call:
-        call = _Call(self, kwargs.pop("method_name"), kwargs.pop("stream", False))
-        assert not kwargs, f"unexpected handle options: {kwargs}"
-        return call
-
-    def _note(self, request: GenerationRequest) -> None:
-        self.requests.append(request)
-        if self.state is not None:
-            self.in_flight_seen.append(_in_flight(self.state))
-            self.in_flight_service_seen.append(self.state.view()[MODEL]["in_flight_service_s"])
-
-    async def generate(self, request: GenerationRequest) -> Completion:
-        self._note(request)
-        if self.error is not None:
-            raise self.error
-        return self.completion
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        self._note(request)
-        for index, delta in enumerate(self.deltas):
-            if self.error is not None and index == (self.fail_after or 0):
-                raise self.error
-            yield delta
-
-
-@dataclass
-class _Call:
-    handle: FakeHandle
-    method_name: str
-    stream: bool
-
-    def remote(self, request: GenerationRequest) -> Any:
-        self.handle.calls_seen.append((self.method_name, self.stream))
-        if self.method_name == "stream":
-            assert self.stream, "a stream must be asked for with stream=True"
-            return self.handle.stream(request)
-        assert self.method_name == "generate"
-        return self.handle.generate(request)
-
-
 @dataclass
 class Harness:
     parts: IngressParts
     handle: FakeHandle
+    in_flight_seen: list[int] = field(default_factory=list)
+    in_flight_service_seen: list[float] = field(default_factory=list)
+
+    def observe(self, request: GenerationRequest) -> None:
+        """The ingress's in-flight count for the model as the call reaches the replica."""
+        self.in_flight_seen.append(_in_flight(self.state))
+        self.in_flight_service_seen.append(self.state.view()[MODEL]["in_flight_service_s"])
 
     @property
     def service(self) -> ChatService:
@@ -201,8 +132,9 @@ def _harness(
     parts = compose(args, dict.fromkeys(SCALING, handle), platform)
     if warm:
         asyncio.run(parts.state.refresh_load())
-    handle.state = parts.state
-    return Harness(parts, handle)
+    harness = Harness(parts, handle)
+    handle.on_call = harness.observe
+    return harness
 
 
 def _body(model: str = MODEL, **extra: Any) -> ChatCompletionRequest:
@@ -268,7 +200,7 @@ def test_chat_returns_the_answer_with_pricing_headers_and_usage() -> None:
     response = _chat(h, _body())
     headers = response.headers
     assert response.status_code == 200
-    assert headers["x-request-id"]
+    assert headers["x-rtcts-request-id"]
     assert headers["x-rtcts-model"] == MODEL
     assert headers["x-rtcts-decision"] == "allow"
     assert headers["x-rtcts-price-usd"] == "0.000185"
@@ -276,7 +208,7 @@ def test_chat_returns_the_answer_with_pricing_headers_and_usage() -> None:
     assert -1 < float(headers["x-rtcts-margin"]) < 1
     assert headers["x-rtcts-sla-met"] == "true"
     body = _json(response)
-    assert body["id"] == "chatcmpl-" + headers["x-request-id"]
+    assert body["id"] == "chatcmpl-" + headers["x-rtcts-request-id"]
     assert body["model"] == MODEL
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "GPUs are fast."}
     assert body["choices"][0]["finish_reason"] == "stop"
@@ -301,7 +233,7 @@ def test_served_chat_lands_a_billable_meter_matching_the_price_header() -> None:
     assert meter.failure is None
     assert meter.billed_micro == _micro(response.headers["x-rtcts-price-usd"])
     assert meter.billed_micro == COMPLETION_BILL_MICRO
-    assert meter.request_id == response.headers["x-request-id"]
+    assert meter.request_id == response.headers["x-rtcts-request-id"]
     assert (meter.tenant_id, meter.stripe_customer_id, meter.plan_id) == (
         "demo-pro",
         "cus_demo_pro",
@@ -329,7 +261,7 @@ def test_missed_sla_is_billed_with_the_plans_credit() -> None:
 def test_in_flight_is_counted_during_the_call_and_back_to_zero_after_success() -> None:
     h = _harness()
     _chat(h, _body())
-    assert h.handle.in_flight_seen == [1]
+    assert h.in_flight_seen == [1]
     assert _in_flight(h.state) == 0
 
 
@@ -346,7 +278,7 @@ def test_an_in_flight_request_holds_its_predicted_slot_time_for_the_queue_behind
         model, chosen.input_tokens, min(chosen.predicted_output_tokens, 40)
     )
     _chat(h, body)
-    assert h.handle.in_flight_service_seen == [pytest.approx(expected, abs=1e-6)]
+    assert h.in_flight_service_seen == [pytest.approx(expected, abs=1e-6)]
     assert h.state.view()[MODEL]["in_flight_service_s"] == 0
 
 
@@ -388,7 +320,7 @@ def test_unavailable_backend_is_a_503_and_a_non_billable_meter() -> None:
 def test_in_flight_is_back_to_zero_after_a_failure() -> None:
     h = _harness(FakeHandle(error=RuntimeError("replica died")))
     _api_error(h, _body())
-    assert h.handle.in_flight_seen == [1]
+    assert h.in_flight_seen == [1]
     assert _in_flight(h.state) == 0
 
 
@@ -420,7 +352,7 @@ def test_stream_sends_role_text_finish_then_usage_with_rtcts_then_done() -> None
     assert last["usage"] == {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}
     assert last["rtcts"]["model"] == MODEL
     assert last["rtcts"]["decision"] == "allow"
-    assert {c["id"] for c in chunks} == {"chatcmpl-" + response.headers["x-request-id"]}
+    assert {c["id"] for c in chunks} == {"chatcmpl-" + response.headers["x-rtcts-request-id"]}
     assert h.handle.calls_seen == [("stream", True)]
 
 
@@ -448,7 +380,7 @@ def test_completed_stream_lands_a_billable_meter_matching_its_rtcts_object() -> 
 def test_in_flight_is_back_to_zero_after_a_stream_completes() -> None:
     h = _harness()
     _stream(h, _body(stream=True))
-    assert h.handle.in_flight_seen == [1]
+    assert h.in_flight_seen == [1]
     assert _in_flight(h.state) == 0
 
 
