@@ -23,11 +23,13 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from stats import percentile  # bench/stats.py: bench/ is on sys.path when run as a script
 
-from serve_app.admission import Admitted, Limits, RedisAdmission, Ticket
+from serve_app.admission import AdmissionLimits, Admitted, RedisAdmission, Ticket
 from serve_app.local.redis_server import EmbeddedRedis
 
 TARGET_P99_US = 1000.0
-LIMITS = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, monthly_budget_micro=10**15)
+LIMITS = AdmissionLimits(
+    requests_per_minute=10**9, tokens_per_minute=10**12, monthly_budget_micro=10**15
+)
 
 
 async def _worker(store: RedisAdmission, tenant: str, count: int, out: list[float]) -> None:

@@ -6,24 +6,24 @@ from serve_app.admission.gate import AdmissionGate
 from serve_app.admission.redis_store import RedisAdmission
 from serve_app.admission.types import (
     AdmissionError,
+    AdmissionLimits,
     AdmissionUnavailable,
     Admitted,
-    Limits,
     RefusalCode,
     Refused,
+    TenantUsage,
     Ticket,
-    Usage,
 )
 
 __all__ = [
     "AdmissionError",
     "AdmissionGate",
+    "AdmissionLimits",
     "AdmissionUnavailable",
     "Admitted",
-    "Limits",
     "RedisAdmission",
     "RefusalCode",
     "Refused",
+    "TenantUsage",
     "Ticket",
-    "Usage",
 ]

@@ -52,12 +52,12 @@ from serve_app.admission.breaker import CircuitBreaker
 from serve_app.admission.local import LocalLimiter
 from serve_app.admission.redis_store import SETTLE_DEDUP_S, RedisAdmission
 from serve_app.admission.types import (
+    AdmissionLimits,
     AdmissionUnavailable,
     Admitted,
-    Limits,
     Refused,
+    TenantUsage,
     Ticket,
-    Usage,
 )
 
 logger = logging.getLogger("rtcts.admission")
@@ -128,7 +128,9 @@ class AdmissionGate:
             "dropped_settles": self.dropped_settles,
         }
 
-    async def admit(self, ticket: Ticket, limits: Limits, *, fail_open: bool) -> Admitted | Refused:
+    async def admit(
+        self, ticket: Ticket, limits: AdmissionLimits, *, fail_open: bool
+    ) -> Admitted | Refused:
         if self._breaker.allow():
             try:
                 result: Admitted | Refused = await self._call(self._store.admit(ticket, limits))
@@ -172,11 +174,11 @@ class AdmissionGate:
             await self._flush()
         return len(self._pending)
 
-    async def usage(self, tenant_id: str) -> Usage:
+    async def usage(self, tenant_id: str) -> TenantUsage:
         if not self._breaker.allow():
             raise AdmissionUnavailable("usage is temporarily unavailable; retry shortly")
         try:
-            result: Usage = await self._call(self._store.usage(tenant_id))
+            result: TenantUsage = await self._call(self._store.usage(tenant_id))
         except _REDIS_ERRORS as exc:
             self._down(exc)
             raise AdmissionUnavailable("usage is temporarily unavailable; retry shortly") from None

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from serve_app.admission.keys import month_of
-from serve_app.admission.types import Admitted, Limits, RefusalCode, Refused, Ticket
+from serve_app.admission.types import AdmissionLimits, Admitted, RefusalCode, Refused, Ticket
 
 WINDOW_S = 60.0
 
@@ -59,7 +59,7 @@ class LocalLimiter:
         w = self._tenants.get(tenant_id)
         return seen + (0 if w is None else w.unsynced_micro.get(month, 0))
 
-    def admit(self, ticket: Ticket, limits: Limits, now_s: float) -> Admitted | Refused:
+    def admit(self, ticket: Ticket, limits: AdmissionLimits, now_s: float) -> Admitted | Refused:
         w = self._tenants.setdefault(ticket.tenant_id, _TenantWindow())
         while w.requests and w.requests[0] <= now_s - WINDOW_S:
             w.requests.popleft()

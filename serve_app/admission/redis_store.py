@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from serve_app.admission.keys import TenantKeys, month_of
-from serve_app.admission.types import Admitted, Limits, RefusalCode, Refused, Ticket, Usage
+from serve_app.admission.types import (
+    AdmissionLimits,
+    Admitted,
+    RefusalCode,
+    Refused,
+    TenantUsage,
+    Ticket,
+)
 from serve_app.redis_checks import check_eviction_policy
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -61,7 +68,7 @@ class RedisAdmission:
         now_s = self._clock()
         return now_s, int(now_s * 1000)
 
-    async def admit(self, ticket: Ticket, limits: Limits) -> Admitted | Refused:
+    async def admit(self, ticket: Ticket, limits: AdmissionLimits) -> Admitted | Refused:
         now_s, now_ms = self._now()
         k = TenantKeys(ticket.tenant_id)
         result = await self._admit(
@@ -134,7 +141,7 @@ class RedisAdmission:
         (None when CONFIG is not allowed); see `serve_app/redis_checks.py`."""
         return await check_eviction_policy(self._client, "admission")
 
-    async def usage(self, tenant_id: str) -> Usage:
+    async def usage(self, tenant_id: str) -> TenantUsage:
         now_s, now_ms = self._now()
         if now_ms == 0:
             seconds, micros = await self._client.time()
@@ -152,7 +159,7 @@ class RedisAdmission:
         totals = {
             key.decode() if isinstance(key, bytes) else key: int(v) for key, v in totals.items()
         }
-        return Usage(
+        return TenantUsage(
             requests_in_window=int(requests),
             tokens_in_window=tokens,
             month=month,

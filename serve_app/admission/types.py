@@ -22,7 +22,7 @@ class RefusalCode(str, Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class AdmissionLimits:
     """A tenant's limits, from its plan."""
 
     requests_per_minute: int
@@ -62,7 +62,7 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class TenantUsage:
     """A tenant's current window and month."""
 
     requests_in_window: int

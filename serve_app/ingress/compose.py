@@ -19,8 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from serve_app.admission import AdmissionGate, Limits, RedisAdmission
+from serve_app.admission import AdmissionGate, AdmissionLimits, RedisAdmission
 from serve_app.admission.gate import DEFAULT_TIMEOUT_S
+from serve_app.admission.lifetime import reservation_ttl_s
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.cluster.snapshot import Scaling
@@ -142,9 +143,9 @@ class IngressParts:
         return stripe_sink_for(billing.stripe_api_base, billing.stripe_key())
 
 
-def plan_limits(policy: LoadedPolicy) -> dict[str, Limits]:
+def plan_limits(policy: LoadedPolicy) -> dict[str, AdmissionLimits]:
     return {
-        p.id: Limits(
+        p.id: AdmissionLimits(
             p.limits.requests_per_minute,
             p.limits.tokens_per_minute,
             usd_to_micro(p.limits.monthly_budget_usd),
@@ -194,7 +195,9 @@ def compose(
             socket_connect_timeout=args.redis_timeout_s,
         )
         client = aioredis.Redis(connection_pool=pool)
-        admission = AdmissionGate(RedisAdmission(client), timeout_s=args.redis_timeout_s)
+        # Reservations outlive the longest generation the policy allows.
+        store = RedisAdmission(client, reservation_ttl_s=reservation_ttl_s(loaded.policy))
+        admission = AdmissionGate(store, timeout_s=args.redis_timeout_s)
         if args.billing is not None:
             billing = args.billing
             # Verified meters go to the Redis stream (spooled to disk while Redis is down);

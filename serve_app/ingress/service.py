@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
-from serve_app.admission import AdmissionGate, Limits, Refused, Ticket
+from serve_app.admission import AdmissionGate, AdmissionLimits, Refused, Ticket
 from serve_app.cluster.state import ClusterState
 from serve_app.errors import (
     BackendError,
@@ -75,7 +75,7 @@ class ChatService:
         settlement: Settlement,
         history: OutputHistory,
         metrics: Metrics,
-        limits: Mapping[str, Limits],
+        limits: Mapping[str, AdmissionLimits],
         admission: AdmissionGate | None = None,
     ) -> None:
         self.policy = policy

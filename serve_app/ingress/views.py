@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from serve_app.admission import AdmissionGate, Limits
+from serve_app.admission import AdmissionGate, AdmissionLimits
 from serve_app.cluster.state import ClusterState
 from serve_app.errors import AdmissionUnavailable, Forbidden, NotFound, Unauthorized
 from serve_app.ingress.auth import TenantDirectory
@@ -31,7 +31,7 @@ class Views:
         policy: LoadedPolicy,
         book: PriceBook,
         state: ClusterState,
-        limits: Mapping[str, Limits],
+        limits: Mapping[str, AdmissionLimits],
         admission: AdmissionGate | None = None,
         billing: BillingView | None = None,
     ) -> None:

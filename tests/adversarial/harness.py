@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from starlette.responses import Response
 
-from serve_app.admission.types import Usage
+from serve_app.admission.types import TenantUsage
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.ingress.app import answer_chat
@@ -49,7 +49,7 @@ class Adversary:
         request = ChatCompletionRequest.model_validate(body)
         return await answer_chat(self.parts.service, self.tenant, request, client_request_id)
 
-    async def usage(self) -> Usage:
+    async def usage(self) -> TenantUsage:
         gate = self.parts.service._admission
         assert gate is not None
         return await gate.usage(self.tenant.id)

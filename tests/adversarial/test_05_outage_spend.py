@@ -22,8 +22,8 @@ from redis.exceptions import (
 
 from serve_app.admission import (
     AdmissionGate,
+    AdmissionLimits,
     Admitted,
-    Limits,
     RedisAdmission,
     RefusalCode,
     Refused,
@@ -33,7 +33,9 @@ from serve_app.admission.breaker import CircuitBreaker
 from serve_app.admission.local import LocalLimiter
 from serve_app.local.redis_server import EmbeddedRedis, free_port
 
-BUDGET = Limits(requests_per_minute=1000, tokens_per_minute=10**9, monthly_budget_micro=10_000)
+BUDGET = AdmissionLimits(
+    requests_per_minute=1000, tokens_per_minute=10**9, monthly_budget_micro=10_000
+)
 JAN_15 = datetime(2027, 1, 15, 12, tzinfo=UTC).timestamp()
 
 
@@ -70,7 +72,7 @@ class FlakyStore(RedisAdmission):
         self.land_then_time_out = 0
         self.settles_sent = 0
 
-    async def admit(self, ticket: Ticket, limits: Limits) -> Admitted | Refused:
+    async def admit(self, ticket: Ticket, limits: AdmissionLimits) -> Admitted | Refused:
         if self.down:
             raise RedisConnectionError("refused (injected outage)")
         return await super().admit(ticket, limits)

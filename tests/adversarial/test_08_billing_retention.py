@@ -124,7 +124,7 @@ def test_records_of_the_old_single_hash_are_moved_or_dropped_at_start(redis_url:
 def test_start_up_warns_when_redis_may_evict_billing_state(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from serve_app.admission import AdmissionGate, Limits, RedisAdmission, Ticket
+    from serve_app.admission import AdmissionGate, AdmissionLimits, RedisAdmission, Ticket
 
     async def run(url: str) -> None:
         client = aioredis.Redis.from_url(url)
@@ -134,7 +134,7 @@ def test_start_up_warns_when_redis_may_evict_billing_state(
         assert "allkeys-lru" in caplog.text
         caplog.clear()
         gate = AdmissionGate(RedisAdmission(client))
-        await gate.admit(Ticket("t", "r1", 1, 1), Limits(10, 10, 10), fail_open=True)
+        await gate.admit(Ticket("t", "r1", 1, 1), AdmissionLimits(10, 10, 10), fail_open=True)
         assert "allkeys-lru" in caplog.text, "the admission gate did not check the policy"
         caplog.clear()
         await client.config_set("maxmemory-policy", "noeviction")

@@ -16,11 +16,20 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from serve_app.admission import Admitted, Limits, RedisAdmission, RefusalCode, Refused, Ticket
+from serve_app.admission import (
+    AdmissionLimits,
+    Admitted,
+    RedisAdmission,
+    RefusalCode,
+    Refused,
+    Ticket,
+)
 from serve_app.policy import ModelSpec, load_policy_file
 from serve_app.settings import PACKAGED_POLICY_PATH
 
-BUDGET = Limits(requests_per_minute=1000, tokens_per_minute=10**9, monthly_budget_micro=10_000)
+BUDGET = AdmissionLimits(
+    requests_per_minute=1000, tokens_per_minute=10**9, monthly_budget_micro=10_000
+)
 
 
 def _longest_generation_s(model: ModelSpec) -> float:

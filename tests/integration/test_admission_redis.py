@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 
 from serve_app.admission import (
     AdmissionGate,
+    AdmissionLimits,
     AdmissionUnavailable,
     Admitted,
-    Limits,
     RedisAdmission,
     RefusalCode,
     Refused,
@@ -28,7 +28,9 @@ from tests.fakes import FakeClock
 
 pytestmark = pytest.mark.integration
 T0 = 1_800_000_000.0  # the fake clock's start, seconds
-BIG = Limits(requests_per_minute=10**9, tokens_per_minute=10**12, monthly_budget_micro=10**15)
+BIG = AdmissionLimits(
+    requests_per_minute=10**9, tokens_per_minute=10**12, monthly_budget_micro=10**15
+)
 
 
 def _tenant() -> str:
@@ -48,7 +50,7 @@ def test_concurrent_requests_over_two_clients_admit_exactly_the_limit(redis_url:
         clients = [_client(redis_url), _client(redis_url)]  # two ingress replicas
         stores = [RedisAdmission(c) for c in clients]
         tenant = _tenant()
-        limits = Limits(50, 10**9, 10**12)
+        limits = AdmissionLimits(50, 10**9, 10**12)
         results = await asyncio.gather(
             *(stores[i % 2].admit(_ticket(tenant), limits) for i in range(200))
         )
@@ -71,7 +73,7 @@ def test_the_window_slides_no_burst_of_twice_the_limit_at_a_minute_boundary(
         clock = FakeClock(T0 + 59)  # one second before a minute boundary
         client = _client(redis_url)
         store = RedisAdmission(client, clock=clock)
-        tenant, limits = _tenant(), Limits(10, 10**9, 10**12)
+        tenant, limits = _tenant(), AdmissionLimits(10, 10**9, 10**12)
         first = [await store.admit(_ticket(tenant), limits) for _ in range(10)]
         assert all(isinstance(r, Admitted) for r in first)
         clock.now += 2  # past the boundary: a fixed window would reset here
@@ -92,7 +94,7 @@ def test_tokens_are_reserved_then_settled_to_the_verified_count(redis_url: str) 
         clock = FakeClock(T0)
         client = _client(redis_url)
         store = RedisAdmission(client, clock=clock)
-        tenant, limits = _tenant(), Limits(100, 1000, 10**12)
+        tenant, limits = _tenant(), AdmissionLimits(100, 1000, 10**12)
         a = _ticket(tenant, tokens=600)
         assert isinstance(await store.admit(a, limits), Admitted)
         refused = await store.admit(_ticket(tenant, tokens=500), limits)
@@ -121,7 +123,7 @@ def test_budget_holds_under_concurrency_and_settles_exactly_once(redis_url: str)
     async def run() -> None:
         client = _client(redis_url)
         store = RedisAdmission(client)
-        tenant, limits = _tenant(), Limits(10**6, 10**9, budget)
+        tenant, limits = _tenant(), AdmissionLimits(10**6, 10**9, budget)
         tickets = [_ticket(tenant, amount=a) for a in amounts]
         results = await asyncio.gather(*(store.admit(t, limits) for t in tickets))
         admitted = [t for t, r in zip(tickets, results, strict=True) if isinstance(r, Admitted)]
@@ -148,7 +150,7 @@ def test_reservations_of_requests_that_die_expire_and_are_released(redis_url: st
         clock = FakeClock(T0)
         client = _client(redis_url)
         store = RedisAdmission(client, clock=clock, reservation_ttl_s=30)
-        tenant, limits = _tenant(), Limits(100, 10**9, 1000)
+        tenant, limits = _tenant(), AdmissionLimits(100, 10**9, 1000)
         assert isinstance(await store.admit(_ticket(tenant, amount=1000), limits), Admitted)
         blocked = await store.admit(_ticket(tenant, amount=1), limits)
         assert isinstance(blocked, Refused)
@@ -165,7 +167,9 @@ def test_a_throttled_request_is_counted_but_reserves_nothing(redis_url: str) -> 
         client = _client(redis_url)
         store = RedisAdmission(client)
         tenant = _tenant()
-        result = await store.admit(_ticket(tenant, tokens=10**6, reserve=False), Limits(5, 10, 10))
+        result = await store.admit(
+            _ticket(tenant, tokens=10**6, reserve=False), AdmissionLimits(5, 10, 10)
+        )
         assert isinstance(result, Admitted)
         usage = await store.usage(tenant)
         assert (usage.requests_in_window, usage.tokens_in_window, usage.reserved_micro) == (1, 0, 0)
@@ -230,7 +234,7 @@ def test_redis_outage_fails_open_then_recovers_and_replays_settles(tmp_path: Pat
             gate = AdmissionGate(
                 RedisAdmission(client), timeout_s=0.5, breaker=breaker, clock=clock
             )
-            tenant, limits = _tenant(), Limits(3, 10**9, 10**12)
+            tenant, limits = _tenant(), AdmissionLimits(3, 10**9, 10**12)
             before = _ticket(tenant)
             assert isinstance(await gate.admit(before, limits, fail_open=True), Admitted)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from serve_app.admission.local import LocalLimiter
-from serve_app.admission.types import Admitted, Limits, RefusalCode, Refused, Ticket
+from serve_app.admission.types import AdmissionLimits, Admitted, RefusalCode, Refused, Ticket
 
 
 def _ticket(n: int, tokens: int = 10, amount: int = 10) -> Ticket:
@@ -12,7 +12,7 @@ def _ticket(n: int, tokens: int = 10, amount: int = 10) -> Ticket:
 
 def test_requests_slide_over_sixty_seconds() -> None:
     limiter = LocalLimiter()
-    limits = Limits(2, 10**6, 10**9)
+    limits = AdmissionLimits(2, 10**6, 10**9)
     assert isinstance(limiter.admit(_ticket(1), limits, 0.0), Admitted)
     assert isinstance(limiter.admit(_ticket(2), limits, 30.0), Admitted)
     refused = limiter.admit(_ticket(3), limits, 59.0)
@@ -25,7 +25,7 @@ def test_requests_slide_over_sixty_seconds() -> None:
 def test_budget_counts_the_last_redis_total_and_local_spend() -> None:
     limiter = LocalLimiter()
     limiter.last_settled_micro["t"] = 90
-    limits = Limits(100, 10**6, 100)
+    limits = AdmissionLimits(100, 10**6, 100)
     assert isinstance(limiter.admit(_ticket(1, amount=10), limits, 0.0), Admitted)
     refused = limiter.admit(_ticket(2, amount=1), limits, 0.0)
     assert isinstance(refused, Refused)
@@ -36,6 +36,6 @@ def test_budget_counts_the_last_redis_total_and_local_spend() -> None:
 
 
 def test_admissions_are_marked_degraded() -> None:
-    result = LocalLimiter().admit(_ticket(1), Limits(1, 100, 100), 0.0)
+    result = LocalLimiter().admit(_ticket(1), AdmissionLimits(1, 100, 100), 0.0)
     assert isinstance(result, Admitted)
     assert result.degraded

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hypothesis import assume, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import assume, event, given, settings, strategies as st
 
 from serve_app.errors import PricingError
 from serve_app.pricing import (
