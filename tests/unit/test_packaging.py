@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from serve_app.settings import PACKAGED_POLICY_PATH, POLICY_PATH, Settings, default_policy_path
+from serve_app.local.runner import serve_locally
+from serve_app.policy import load_policy_file
+from serve_app.settings import (
+    PACKAGED_POLICY_PATH,
+    POLICY_PATH,
+    Settings,
+    SettingsError,
+    default_policy_path,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
@@ -98,3 +107,13 @@ def test_serve_app_imports_a_tool_only_lazily_from_the_cli_and_local() -> None:
 def test_the_boundary_check_sees_module_level_imports() -> None:
     tree = ast.parse("import rtcts_dev.demo\ndef f():\n    from rtcts_dev import trace\n")
     assert _tool_imports(tree) == [(1, False), (3, True)]
+
+
+def test_rtcts_run_without_the_dev_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "rtcts_dev.stripe_emulator.server", None)  # not importable
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    loaded = load_policy_file(PACKAGED_POLICY_PATH)
+    with pytest.raises(SettingsError, match=r"pip install 'rtcts\[dev\]'\) or set STRIPE_API_KEY"):
+        serve_locally(settings, loaded, time_scale=1.0)
