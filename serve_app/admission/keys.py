@@ -26,6 +26,10 @@ class TenantKeys:
     def requests(self) -> str:
         return self._key("req")
 
+    def window(self, name: str) -> str:
+        """A sliding window of counted calls: "req" (requests) or "quote" (quotes)."""
+        return self._key(name)
+
     @property
     def tokens(self) -> str:
         return self._key("tok")

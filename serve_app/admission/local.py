@@ -60,7 +60,11 @@ class LocalLimiter:
         return seen + (0 if w is None else w.unsynced_micro.get(month, 0))
 
     def admit(self, ticket: Ticket, limits: AdmissionLimits, now_s: float) -> Admitted | Refused:
-        w = self._tenants.setdefault(ticket.tenant_id, _TenantWindow())
+        # Quotes count in a window of their own (they never reserve anything).
+        key = (
+            ticket.tenant_id if ticket.window == "req" else f"{ticket.tenant_id}\x00{ticket.window}"
+        )
+        w = self._tenants.setdefault(key, _TenantWindow())
         while w.requests and w.requests[0] <= now_s - WINDOW_S:
             w.requests.popleft()
         while w.tokens and w.tokens[0][0] <= now_s - WINDOW_S:

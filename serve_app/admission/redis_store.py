@@ -73,7 +73,7 @@ class RedisAdmission:
         k = TenantKeys(ticket.tenant_id)
         result = await self._admit(
             keys=[
-                k.requests,
+                k.window(ticket.window),
                 k.tokens,
                 k.month(month_of(now_s)),
                 k.reserved,

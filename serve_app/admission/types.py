@@ -42,6 +42,8 @@ class Ticket:
     """Worst-case price, reserved against the monthly budget."""
     reserve: bool = True
     """False: the request will not be served (e.g. margin-throttled): count it only."""
+    window: str = "req"
+    """The sliding window it counts in: "req" for requests, "quote" for quotes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,11 @@ class Ingress:
         return await answer_chat(self.service, tenant, body, client_request_id, arrived_s)
 
     async def quote(self, scope: Scope, receive: Receive) -> Response:
-        tenant, body, _ = await self._tenant_and_body(scope, receive)
+        tenant = self.service.authenticate(
+            headers_of(scope, b"authorization").get(b"authorization")
+        )
+        await self.service.admit_quote(tenant)  # before the body is read and priced
+        body = await read_chat_body(scope, receive, MAX_BODY_BYTES)
         return render.quote_response(self.service.quote(tenant, body))
 
     async def models(self, request: Request) -> JSONResponse:

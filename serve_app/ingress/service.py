@@ -94,9 +94,30 @@ class ChatService:
         self._fail_open = {
             p.id: p.limits.on_redis_outage == "fail_open" for p in policy.policy.plans
         }
+        self._quotes_per_minute = {
+            p.id: p.limits.quotes_per_minute or p.limits.requests_per_minute
+            for p in policy.policy.plans
+        }
         self._admission = admission
 
     # ------------------------------------------------------------------ auth, price
+
+    async def admit_quote(self, tenant: Tenant) -> None:
+        """Count a quote in the tenant's quote window (`quotes_per_minute`, else the
+        request limit): pricing is work, and a quote reads a body of up to 4 MiB.
+        `RateLimited` when over; nothing is reserved."""
+        if self._admission is None:
+            return
+        limits = self._limits[tenant.plan]
+        per_minute = self._quotes_per_minute[tenant.plan]
+        ticket = Ticket(tenant.id, uuid.uuid4().hex, 0, 0, reserve=False, window="quote")
+        result = await self._admission.admit(
+            ticket,
+            AdmissionLimits(per_minute, limits.tokens_per_minute, limits.monthly_budget_micro),
+            fail_open=self._fail_open[tenant.plan],
+        )
+        if isinstance(result, Refused):
+            raise RateLimited(result.code.value, result.retry_after_s)
 
     def authenticate(self, authorization: str | None) -> Tenant:
         tenant = self.tenants.authenticate(authorization)

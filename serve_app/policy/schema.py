@@ -199,6 +199,12 @@ class Limits(StrictModel):
         ge=1, description="Prompt plus output tokens per sliding minute."
     )
     monthly_budget_usd: UsdAmount = Field(description="Most spend per calendar month, USD.")
+    quotes_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Quotes (POST /v1/quote) per sliding minute, counted apart from "
+        "requests; unset: the same number as requests_per_minute.",
+    )
     on_redis_outage: Literal["fail_open", "fail_closed"] = Field(
         default="fail_open",
         description="While Redis is unreachable: keep serving under a local approximate "
