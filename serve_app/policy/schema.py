@@ -226,7 +226,16 @@ class Plan(StrictModel):
         default=0.35,
         ge=0,
         lt=1,
-        description="Least gross margin (price - cost) / price a request may be served at.",
+        description="Least realized gross margin (revenue - cost) / revenue: of each "
+        "model's rolling window with cost_basis 'incremental', of each request with "
+        "'allocated'.",
+    )
+    cost_basis: Literal["incremental", "allocated"] = Field(
+        default="incremental",
+        description="'incremental': a request is weighed at what serving it adds (replica "
+        "time it adds at the current batch, capacity it forces, failure risk) under the "
+        "rolling-window margin guard; 'allocated': at its share of the replica's time, "
+        "each request against the floor (refuses work on idle paid replicas).",
     )
     surge_cap: float = Field(
         default=1.0,

@@ -16,11 +16,13 @@ from serve_app.pricing.types import (
     Reason,
     ReplicaLoad,
 )
+from serve_app.pricing.window import CostBasis, WindowMargin
 
 __all__ = [
     "Action",
     "CandidateQuote",
     "ClusterSnapshot",
+    "CostBasis",
     "Decision",
     "Infeasibility",
     "ModelLoad",
@@ -31,6 +33,7 @@ __all__ = [
     "Rates",
     "Reason",
     "ReplicaLoad",
+    "WindowMargin",
     "decide",
     "quote",
 ]

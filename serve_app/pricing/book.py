@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from serve_app.policy.schema import InfeasibleAction, ModelSpec, Plan, Policy
+from serve_app.pricing.window import CostBasis
 
 MICRO_PER_USD = 1_000_000
+SCALE_DOWN_DELAY_S = 60.0
+"""Seconds a replica stays up after its load drops (Serve's `downscale_delay_s`, set by
+the builder): the least time a replica that a request forces into existence is paid."""
 
 
 def usd_to_micro(amount: Decimal) -> int:
@@ -37,6 +41,9 @@ class ModelProfile:
     batch_slowdown: float
     cold_start_s: float
     cold_start_share_usd: float
+    forced_capacity_share_usd: float
+    """A new replica's cold start plus `SCALE_DOWN_DELAY_S`, shared over the requests it
+    is expected to serve: what a request that forces one into existence adds."""
     context_window_tokens: int
     max_output_tokens: int
     default_output_tokens: int
@@ -61,6 +68,9 @@ class ModelProfile:
             cold_start_s=spec.cold_start_s,
             cold_start_share_usd=usd_per_s
             * spec.cold_start_s
+            / spec.cold_start_amortization_requests,
+            forced_capacity_share_usd=usd_per_s
+            * (spec.cold_start_s + SCALE_DOWN_DELAY_S)
             / spec.cold_start_amortization_requests,
             context_window_tokens=spec.context_window_tokens,
             max_output_tokens=spec.max_output_tokens,
@@ -111,6 +121,7 @@ class PlanTerms:
     tpot_target_s: float
     throttle_retry_after_s: float
     max_retry_after_s: float
+    cost_basis: CostBasis = CostBasis.INCREMENTAL
 
     @classmethod
     def from_plan(cls, plan: Plan, models: list[ModelSpec]) -> PlanTerms:
@@ -133,6 +144,7 @@ class PlanTerms:
             tpot_target_s=plan.sla.tpot_target_ms / 1000.0,
             throttle_retry_after_s=plan.throttle_retry_after_s,
             max_retry_after_s=plan.max_retry_after_s,
+            cost_basis=CostBasis(plan.cost_basis),
         )
 
 

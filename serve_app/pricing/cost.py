@@ -1,10 +1,22 @@
 """Cost-to-serve and predicted latency of one request on one model (docs/pricing-model.md).
 
-Pure: numbers in, numbers out. A replica costs `usd_per_s` every second, busy or idle;
-the request pays for the replica time its tokens take:
+Pure: numbers in, numbers out. A replica costs `usd_per_s` every second, busy or idle.
+Two figures per request:
 
-    seconds = input_tokens / prefill_tokens_per_s + output_tokens / Θ(batch + 1)
-    cost    = (usd_per_s · seconds + cold_start_share if cold) / (1 − failure_rate)
+*Allocated* cost: the replica time its tokens occupy, as a share of the batch.
+
+    seconds   = input_tokens / prefill_tokens_per_s + output_tokens / Θ(batch + 1)
+    allocated = (usd_per_s · seconds + cold_start_share if cold) / (1 − failure_rate)
+
+*Incremental* cost: what serving it adds to the bill. A replica that runs anyway is
+paid anyway; the request adds the time by which its batch finishes later (its prefill
+stalls the batch, and one more sequence slows every token by α/r1), and any capacity it
+forces into existence (no replica at all, or every replica full so that a scale-up
+follows): the new replica's cold start plus the least time it stays up
+(`SCALE_DOWN_DELAY_S`), shared over the requests it is expected to serve.
+
+    marginal_s  = 0 on an idle replica, else prefill_s + output_tokens · α / r1
+    incremental = (usd_per_s · marginal_s + forced_capacity_share) / (1 − failure_rate)
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ class Estimate(NamedTuple):
     total_s: float
     cost_usd: float
     warm_replicas: int
+    incremental_usd: float
 
 
 def estimate(
@@ -56,6 +69,7 @@ def estimate(
     wait_s = start_s = 0.0
     queue_ahead = batch = warm = 0
     cold = True
+    full = True  # every replica's batch is full: the request queues, a scale-up follows
     for replica in load.replicas:
         if replica.warm:
             warm += 1
@@ -64,6 +78,7 @@ def estimate(
             r_start = replica.start_remaining_s if replica.start_remaining_s > 0 else 0.0
         ahead = replica.running + replica.queued
         if ahead < max_batch:
+            full = False
             r_wait, r_batch = r_start, ahead
         else:
             if slot_s < 0:
@@ -84,9 +99,16 @@ def estimate(
     cost = model.usd_per_s * busy_s
     if cold:
         cost += model.cold_start_share_usd
+    # Incremental: on an idle replica the time is paid anyway; a busy batch finishes
+    # later by the prefill and by α/r1 per output token; forced capacity is added.
+    incremental = model.usd_per_s * (prefill_s + output_tokens * alpha / r1) if batch else 0.0
+    if full:
+        incremental += model.forced_capacity_share_usd
     failure_rate = load.failure_rate
     if failure_rate > 0:
-        cost /= 1.0 - (failure_rate if failure_rate < MAX_FAILURE_RATE else MAX_FAILURE_RATE)
+        keep = 1.0 - (failure_rate if failure_rate < MAX_FAILURE_RATE else MAX_FAILURE_RATE)
+        cost /= keep
+        incremental /= keep
     # tuple.__new__ skips the NamedTuple's Python-level __new__ (built per candidate).
     return _new_estimate(
         Estimate,
@@ -101,6 +123,7 @@ def estimate(
             best_total,
             cost,
             warm,
+            incremental,
         ),
     )
 

@@ -23,7 +23,8 @@ Ties break on lower predicted latency, then model id, so the result is determini
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from serve_app.errors import ContextWindowError, ModelNotInPlanError, UnknownModelError
 from serve_app.policy.schema import InfeasibleAction
@@ -41,17 +42,28 @@ from serve_app.pricing.types import (
     PriceRequest,
     Reason,
 )
+from serve_app.pricing.window import CostBasis, WindowMargin, least_price_micro, margin_ok
 
 HALF_MICRO = PICO_PER_MICRO // 2
 
 
 def decide(
-    request: PriceRequest, book: PriceBook, plan_id: str, snapshot: ClusterSnapshot
+    request: PriceRequest,
+    book: PriceBook,
+    plan_id: str,
+    snapshot: ClusterSnapshot,
+    *,
+    basis: CostBasis | None = None,
+    windows: Mapping[str, WindowMargin] | None = None,
 ) -> Decision:
-    """Quote the request on every candidate and decide what to do with it."""
+    """Quote the request on every candidate and decide what to do with it.
+
+    `basis` (default: the plan's `cost_basis`) is the cost the margin check weighs;
+    `windows` (per model id) are the realized margins the incremental check guards."""
     plan = book.plans[plan_id]
     primary, pool = _candidates(request.model, book, plan)
-    quotes = _quote_all(request, primary, pool, plan, snapshot)
+    margin_rule = _MarginRule(basis or plan.cost_basis, windows)
+    quotes = _quote_all(request, primary, pool, plan, snapshot, margin_rule)
     too_long = Infeasibility.CONTEXT_WINDOW_EXCEEDED
     if too_long in quotes[0].reasons and all(too_long in q.reasons for q in quotes):
         largest = max(m.context_window_tokens for m in pool)
@@ -107,22 +119,33 @@ def decide(
     return done(Action.THROTTLE, reason, retry_after_s=retry_after_s)
 
 
+class _MarginRule(NamedTuple):
+    """How a candidate's margin is checked: on which cost, against which windows."""
+
+    basis: CostBasis
+    windows: Mapping[str, WindowMargin] | None
+
+
 def _quote_all(
     request: PriceRequest,
     primary: ModelProfile | None,
     pool: Sequence[ModelProfile],
     plan: PlanTerms,
     snapshot: ClusterSnapshot,
+    rule: _MarginRule,
 ) -> tuple[CandidateQuote, ...]:
     """Quote every candidate. No surprise costs: when the client named a model, a
     substitute is priced at most what the requested model would cost, unless the
     client's price cap allows more; its margin and feasibility use that price."""
     if primary is None:
-        return tuple([quote(request, model, plan, snapshot) for model in pool])
-    first = quote(request, primary, plan, snapshot)
+        return tuple([quote(request, model, plan, snapshot, None, rule) for model in pool])
+    first = quote(request, primary, plan, snapshot, None, rule)
     cap = request.max_price_micro or 0
     ceiling = (max(first.price_micro, cap), max(first.worst_case_price_micro, cap))
-    return (first, *(quote(request, model, plan, snapshot, ceiling) for model in pool[1:]))
+    return (
+        first,
+        *(quote(request, model, plan, snapshot, ceiling, rule) for model in pool[1:]),
+    )
 
 
 def quote(
@@ -131,10 +154,12 @@ def quote(
     plan: PlanTerms,
     snapshot: ClusterSnapshot,
     price_ceiling_micro: tuple[int, int] | None = None,
+    rule: _MarginRule | None = None,
 ) -> CandidateQuote:
     """Predicted latency, cost, price, margin and feasibility of the request on `model`.
 
-    `price_ceiling_micro` (expected, worst case) caps the price of a substitute model.
+    `price_ceiling_micro` (expected, worst case) caps the price of a substitute model;
+    `rule` says which cost the margin check weighs (default: the plan's basis, no window).
     """
     load = snapshot.models.get(model.id, NO_REPLICAS)
     rates = plan.rates[model.id]
@@ -154,8 +179,8 @@ def quote(
         output_tokens = 1
 
     # One unpack: NamedTuple field access is a property call each (per candidate).
-    _, start_s, queue_ahead, batch, _, ttft_s, tpot_s, total_s, cost_usd, warm = estimate(
-        model, load, input_tokens, output_tokens
+    (_, start_s, queue_ahead, batch, _, ttft_s, tpot_s, total_s, cost_usd, warm, added_usd) = (
+        estimate(model, load, input_tokens, output_tokens)
     )
     in_rate, out_rate = rates.input_micro_per_1m, rates.output_micro_per_1m
     pico = input_tokens * in_rate + output_tokens * out_rate
@@ -178,8 +203,19 @@ def quote(
         reasons += (Infeasibility.TPOT_OVER_SLA,)
     if request.max_price_micro is not None and price > request.max_price_micro:
         reasons += (Infeasibility.OVER_PRICE_CAP,)
-    if gross_margin < plan.margin_floor:
-        reasons += (Infeasibility.MARGIN_BELOW_FLOOR,)
+    # The margin check, on the decision's cost basis; the least price that would pass
+    # it (what a surcharge asks) is worked out only for a candidate that fails it.
+    incremental_micro = round(added_usd * 1e6)
+    least_price = price
+    if (rule.basis if rule else plan.cost_basis) is CostBasis.ALLOCATED:
+        if gross_margin < plan.margin_floor:
+            reasons += (Infeasibility.MARGIN_BELOW_FLOOR,)
+            least_price = floor_price_micro(round(cost_usd * 1e6) / 1e6, plan.margin_floor)
+    else:
+        window = rule.windows.get(model.id) if rule and rule.windows else None
+        if not margin_ok(price, incremental_micro, plan.margin_floor, window):
+            reasons += (Infeasibility.MARGIN_BELOW_FLOOR,)
+            least_price = least_price_micro(incremental_micro, plan.margin_floor, window)
 
     return CandidateQuote(
         model.id,
@@ -199,6 +235,8 @@ def quote(
         warm,
         len(load.replicas) - warm,
         start_s,
+        incremental_micro,
+        least_price,
     )
 
 
@@ -256,7 +294,7 @@ def _surcharge(
     for q in scope:
         if q.reasons != (Infeasibility.MARGIN_BELOW_FLOOR,) or q.price_micro <= 0:
             continue
-        price = max(q.price_micro, floor_price_micro(q.cost_micro / 1e6, plan.margin_floor))
+        price = max(q.price_micro, q.least_price_micro)
         if price <= q.price_micro * plan.surge_cap and price <= cap_micro:
             options.append((price, q.total_s, q.model_id, q))
     if not options:

@@ -143,6 +143,11 @@ class CandidateQuote:
     starting_replicas: int
     cold_start_remaining_s: float
     """Included in ttft_s when the request must wait for a replica to start."""
+    incremental_cost_micro: int = 0
+    """What serving the request adds to the bill (docs/pricing-model.md); `cost_micro`
+    is its allocated share of the replica."""
+    least_price_micro: int = 0
+    """The least price that passes the margin check on the decision's cost basis."""
 
     @property
     def feasible(self) -> bool:

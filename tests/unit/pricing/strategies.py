@@ -77,6 +77,7 @@ def books(draw: st.DrawFn) -> PriceBook:
         margin_floor=draw(st.floats(0, 0.9)),
         surge_cap=draw(st.floats(1.01, 3)) if "surcharge" in chain else 1.0,
         on_infeasible=chain,
+        cost_basis=draw(st.sampled_from(["incremental", "allocated"])),
         sla={
             "ttft_target_ms": draw(st.floats(200, 60000)),
             "tpot_target_ms": draw(st.floats(20, 500)),

@@ -11,6 +11,7 @@ from serve_app.policy import load_policy_dict
 from serve_app.pricing import (
     Action,
     ClusterSnapshot,
+    CostBasis,
     Decision,
     ModelLoad,
     PriceBook,
@@ -55,8 +56,11 @@ SWAMPED = ModelLoad((ReplicaLoad(running=10, queued=200),), mean_service_s=5.0)
 
 
 def _decide(load: ModelLoad, mid: ModelLoad = SWAMPED, **kw: Any) -> Decision:
+    """The decision on the allocated basis (idle replicas fall below the floor, so the
+    surcharge and reroute paths are reachable with simple states)."""
     request = PriceRequest("small", input_tokens=kw.pop("input_tokens", 203), **kw)
-    return decide(request, BOOK, "std", ClusterSnapshot({"small": load, "mid": mid}))
+    snapshot = ClusterSnapshot({"small": load, "mid": mid})
+    return decide(request, BOOK, "std", snapshot, basis=CostBasis.ALLOCATED)
 
 
 def _half_up(value: Fraction) -> int:

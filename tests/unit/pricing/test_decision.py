@@ -11,12 +11,14 @@ from serve_app.policy import load_policy_dict
 from serve_app.pricing import (
     Action,
     ClusterSnapshot,
+    CostBasis,
     Infeasibility,
     ModelLoad,
     PriceBook,
     PriceRequest,
     Reason,
     ReplicaLoad,
+    WindowMargin,
     decide,
 )
 from serve_app.pricing.price import floor_price_micro, margin, pico_to_micro
@@ -48,9 +50,11 @@ POLICY = policy_dict(
 )
 BOOK = PriceBook.from_policy(load_policy_dict(POLICY).policy, "test")
 
+ALLOCATED = CostBasis.ALLOCATED
 BUSY = ModelLoad((ReplicaLoad(running=8),))  # a fairly full batch: cheap per token
 IDLE = ModelLoad((ReplicaLoad(running=0),))  # an idle replica: dear per token
 SWAMPED = ModelLoad((ReplicaLoad(running=10, queued=200),), mean_service_s=5.0)
+FULL = ModelLoad((ReplicaLoad(running=10),), mean_service_s=0.05)  # a full batch, no queue
 
 
 def _snap(**loads: ModelLoad) -> ClusterSnapshot:
@@ -127,10 +131,10 @@ def test_reroute_never_picks_a_lower_tier() -> None:
 
 
 def test_surcharge_lifts_the_price_to_the_floor_within_the_clients_cap() -> None:
-    q = decide(_req(), BOOK, "strict", _snap(small=IDLE)).candidates[0]
+    q = decide(_req(), BOOK, "strict", _snap(small=IDLE), basis=ALLOCATED).candidates[0]
     assert q.reasons == (Infeasibility.MARGIN_BELOW_FLOOR,)
     floor_price = floor_price_micro(q.cost_micro / 1e6, 0.3)
-    d = decide(_req(max_price_micro=floor_price), BOOK, "surge", _snap(small=IDLE))
+    d = decide(_req(max_price_micro=floor_price), BOOK, "surge", _snap(small=IDLE), basis=ALLOCATED)
     assert (d.action, d.reason, d.model_id) == (Action.SURCHARGE, Reason.SURCHARGED, "small")
     assert d.price_micro == floor_price
     assert margin(d.price_micro * 1_000_000, q.cost_micro / 1e6) >= 0.3
@@ -138,17 +142,17 @@ def test_surcharge_lifts_the_price_to_the_floor_within_the_clients_cap() -> None
 
 
 def test_no_surcharge_without_a_price_cap_or_above_it() -> None:
-    no_cap = decide(_req(), BOOK, "surge", _snap(small=IDLE))
+    no_cap = decide(_req(), BOOK, "surge", _snap(small=IDLE), basis=ALLOCATED)
     assert no_cap.action is Action.THROTTLE
     q = no_cap.candidates[0]
     low_cap = floor_price_micro(q.cost_micro / 1e6, 0.3) - 1
     assert low_cap >= q.price_micro  # the cap allows the base price, not the surcharge
-    below = decide(_req(max_price_micro=low_cap), BOOK, "surge", _snap(small=IDLE))
+    below = decide(_req(max_price_micro=low_cap), BOOK, "surge", _snap(small=IDLE), basis=ALLOCATED)
     assert below.action is Action.THROTTLE
 
 
 def test_premium_accepts_below_floor() -> None:
-    d = decide(_req(), BOOK, "premium", _snap(small=IDLE))
+    d = decide(_req(), BOOK, "premium", _snap(small=IDLE), basis=ALLOCATED)
     assert (d.action, d.reason, d.model_id) == (
         Action.ACCEPT_BELOW_FLOOR,
         Reason.ACCEPTED_BELOW_FLOOR,
@@ -255,3 +259,71 @@ def test_prompt_beyond_every_context_window_is_a_client_error() -> None:
         decide(_req(input_tokens=4000, max_tokens=200), BOOK, "sub", _snap(small=BUSY))
     fits = decide(_req(input_tokens=4000, max_tokens=96), BOOK, "sub", _snap(small=BUSY))
     assert Infeasibility.CONTEXT_WINDOW_EXCEEDED not in fits.candidates[0].reasons
+
+
+# ------------------------------------------------------------------ incremental basis
+
+
+def test_an_idle_warm_replica_serves_at_list_price_on_the_incremental_basis() -> None:
+    """The allocated share of an idle replica is below the floor, but the replica is
+    paid whether or not the request is served: what serving adds is nothing."""
+    allocated = decide(_req(), BOOK, "strict", _snap(small=IDLE), basis=ALLOCATED)
+    assert allocated.action is Action.THROTTLE
+    d = decide(_req(), BOOK, "strict", _snap(small=IDLE))  # the plan's default basis
+    assert (d.action, d.reason) == (Action.ALLOW, Reason.REQUESTED_FEASIBLE)
+    q = d.candidates[0]
+    assert q.incremental_cost_micro == 0 < q.cost_micro
+    assert q.margin < 0.3  # the allocated figure is still reported
+
+
+def test_a_busy_replica_adds_its_slowdown_and_a_forced_replica_its_start() -> None:
+    busy = decide(_req(), BOOK, "strict", _snap(small=BUSY)).candidates[0]
+    model = BOOK.models["small"]
+    slowdown_s = 200 / model.prefill_tokens_per_s + busy.predicted_output_tokens * (
+        model.batch_slowdown / model.decode_tokens_per_s_at_batch_1
+    )
+    assert busy.incremental_cost_micro == round(model.usd_per_s * slowdown_s * 1e6)
+    assert 0 < busy.incremental_cost_micro < busy.cost_micro
+    # Every batch full: the request queues and a scale-up follows, which it pays a share of.
+    forced = decide(_req(), BOOK, "premium", _snap(small=FULL)).candidates[0]
+    assert forced.incremental_cost_micro > round(model.forced_capacity_share_usd * 1e6)
+
+
+def test_the_window_guard_keeps_a_healthy_window_at_the_floor() -> None:
+    q = decide(_req(), BOOK, "strict", _snap(small=BUSY)).candidates[0]
+    # A window exactly at the 30% floor: a request below the floor on its own would
+    # pull it under, so it is refused; a window with slack takes it.
+    at_floor = WindowMargin(revenue_micro=10_000, cost_micro=7_000)
+    lean = decide(
+        _req(), BOOK, "strict", _snap(small=BUSY), windows={"small": at_floor}
+    ).candidates[0]
+    alone_ok = q.price_micro - q.incremental_cost_micro >= 0.3 * q.price_micro
+    assert (Infeasibility.MARGIN_BELOW_FLOOR in lean.reasons) is not alone_ok
+    slack = WindowMargin(revenue_micro=10_000, cost_micro=1_000)
+    roomy = decide(_req(), BOOK, "strict", _snap(small=BUSY), windows={"small": slack})
+    assert roomy.action is Action.ALLOW
+
+
+def test_a_window_below_the_floor_takes_what_lifts_it() -> None:
+    """An idle paid window (cost, no revenue) is below any floor: serving only lifts it,
+    so refusing would lose the revenue and save nothing."""
+    idle_window = WindowMargin(revenue_micro=0, cost_micro=50_000)
+    d = decide(_req(), BOOK, "strict", _snap(small=BUSY), windows={"small": idle_window})
+    assert d.action is Action.ALLOW
+
+
+def test_surcharge_on_the_incremental_basis_reaches_the_windows_floor() -> None:
+    alone = decide(_req(), BOOK, "surge", _snap(small=FULL)).candidates[0]
+    price, added = alone.price_micro, alone.incremental_cost_micro
+    # A window that serving at list price would leave just under the 30% floor.
+    revenue = 100_000
+    cost = round((revenue + price) * 0.7) - added + price // 2
+    windows = {"small": WindowMargin(revenue, cost)}
+    q = decide(_req(), BOOK, "surge", _snap(small=FULL), windows=windows).candidates[0]
+    assert q.reasons == (Infeasibility.MARGIN_BELOW_FLOOR,)
+    capped = _req(max_price_micro=10**6)
+    d = decide(capped, BOOK, "surge", _snap(small=FULL), windows=windows)
+    assert (d.action, d.price_micro) == (Action.SURCHARGE, q.least_price_micro)
+    assert price < d.price_micro <= 3 * price
+    assert WindowMargin(revenue + d.price_micro, cost + added).margin >= 0.3
+    assert WindowMargin(revenue + d.price_micro - 1, cost + added).margin < 0.3

@@ -10,7 +10,9 @@ from serve_app.errors import PricingError
 from serve_app.pricing import (
     Action,
     ClusterSnapshot,
+    CostBasis,
     Decision,
+    Infeasibility,
     ModelLoad,
     PriceBook,
     PriceRequest,
@@ -26,10 +28,11 @@ PLAN = "p"
 
 
 def _decide_or_none(
-    request: PriceRequest, book: PriceBook, snapshot: ClusterSnapshot
+    request: PriceRequest, book: PriceBook, snapshot: ClusterSnapshot, basis: bool = False
 ) -> Decision | None:
+    """The decision (None when the request cannot be priced); `basis`: incremental."""
     try:
-        return decide(request, book, PLAN, snapshot)
+        return decide(request, book, PLAN, snapshot, basis=CostBasis.INCREMENTAL if basis else None)
     except PricingError:
         return None
 
@@ -116,9 +119,14 @@ def test_decision_laws(data: st.DataObject, book: PriceBook) -> None:
     chosen = decision.chosen
     charged_margin = margin(decision.price_micro * PICO_PER_MICRO, chosen.cost_micro / 1e6)
 
-    # Serving below the floor needs a plan that says accept-below-floor.
+    # Serving below the floor needs a plan that says accept-below-floor (on the plan's
+    # cost basis: the allocated share, or what serving adds).
     if decision.action is not Action.ACCEPT_BELOW_FLOOR:
-        assert chosen.margin >= plan.margin_floor or charged_margin >= plan.margin_floor
+        if plan.cost_basis is CostBasis.ALLOCATED:
+            assert chosen.margin >= plan.margin_floor or charged_margin >= plan.margin_floor
+        else:
+            added = chosen.incremental_cost_micro
+            assert decision.price_micro - added >= plan.margin_floor * decision.price_micro
     else:
         assert plan.on_infeasible[-1].value == "accept"
 
@@ -139,6 +147,25 @@ def test_decision_laws(data: st.DataObject, book: PriceBook) -> None:
     # No surprise costs: never above the client's cap.
     if request.max_price_micro is not None:
         assert decision.price_micro <= request.max_price_micro
+
+
+@given(data=st.data(), book=books())
+def test_a_warm_idle_replica_never_throttles_a_list_price_request_for_margin(
+    data: st.DataObject, book: PriceBook
+) -> None:
+    """Incremental basis: an idle replica is paid whether or not the request is served,
+    so with no scale-up to force, a request at the plan's list price passes the margin
+    check (it may still miss the SLA or the context window)."""
+    request = data.draw(requests(book))
+    model = book.models.get(request.model)
+    if model is None:
+        return
+    snapshot = ClusterSnapshot({model.id: ModelLoad((ReplicaLoad(running=0),))})
+    at_list = dataclasses.replace(request, max_price_micro=None)
+    decision = _decide_or_none(at_list, book, snapshot, basis=True)
+    if decision is None:
+        return
+    assert Infeasibility.MARGIN_BELOW_FLOOR not in decision.candidates[0].reasons
 
 
 @given(data=st.data(), book=books())

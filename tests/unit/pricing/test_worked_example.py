@@ -10,11 +10,13 @@ from serve_app.policy import load_policy_file
 from serve_app.pricing import (
     Action,
     ClusterSnapshot,
+    CostBasis,
     ModelLoad,
     PriceBook,
     PriceRequest,
     Reason,
     ReplicaLoad,
+    WindowMargin,
     decide,
 )
 from serve_app.pricing.cost import estimate
@@ -56,13 +58,32 @@ def test_worked_example_numbers(book: PriceBook) -> None:
     assert decision.price_micro == 390
 
 
-def test_worked_example_near_idle_is_throttled(book: PriceBook) -> None:
-    decision = decide(REQUEST, book, "basic", _state(2))
+def test_worked_example_near_idle_is_throttled_on_the_allocated_basis(book: PriceBook) -> None:
+    decision = decide(REQUEST, book, "basic", _state(2), basis=CostBasis.ALLOCATED)
     q = decision.candidates[0]
     assert q.cost_micro == 532
     assert round(q.margin * 100) == -36
     assert decision.action is Action.THROTTLE
     assert decision.retry_after_s == 1.0
+
+
+def test_worked_example_incremental(book: PriceBook) -> None:
+    model = book.models["llama-3.1-8b"]
+    added_s = 1000 / 3000 + 200 * model.batch_slowdown / 35
+    assert added_s == pytest.approx(0.49309, abs=1e-5)
+    assert model.usd_per_s * added_s / 0.98 == pytest.approx(0.000111812, abs=1e-9)
+    decision = decide(REQUEST, book, "basic", _state(2))
+    q = decision.candidates[0]
+    assert q.incremental_cost_micro == 112
+    assert (decision.action, decision.reason) == (Action.ALLOW, Reason.REQUESTED_FEASIBLE)
+    window = WindowMargin(60_000, round(model.usd_per_s * 300 * 1e6))
+    assert window.cost_micro == 66_667
+    assert round(window.margin * 1000) == -111
+    windowed = decide(REQUEST, book, "basic", _state(2), windows={model.id: window})
+    assert windowed.action is Action.ALLOW
+    after = WindowMargin(60_000 + q.price_micro, 66_667 + q.incremental_cost_micro)
+    assert round(after.margin * 1000) == -106
+    assert decide(REQUEST, book, "basic", _state(0)).candidates[0].incremental_cost_micro == 0
 
 
 @pytest.mark.parametrize(
@@ -81,6 +102,12 @@ def test_worked_example_near_idle_is_throttled(book: PriceBook) -> None:
         "costs 532 micro-USD",
         "margin is −36%",
         "`Retry-After: 1`",
+        "$0.000111812",
+        "incremental_cost_micro = 112",
+        "0.49309 s",
+        "margin −11.1%",
+        "to −10.6%: **allow**",
+        "incremental_cost_micro = 0",
     ],
 )
 def test_the_document_states_the_checked_numbers(text: str) -> None:
