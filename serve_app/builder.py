@@ -30,6 +30,7 @@ from serve_app.ingress.compose import BillingArgs, IngressArgs
 from serve_app.models.deployment import ModelServer
 from serve_app.policy import LoadedPolicy, load_policy_dict, load_policy_file
 from serve_app.policy.schema import BackendKind, ModelSpec
+from serve_app.pricing.book import SCALE_DOWN_DELAY_S
 from serve_app.settings import Settings
 
 DEFAULT_APP_NAME = "rtcts"
@@ -120,7 +121,7 @@ def model_deployment_options(spec: ModelSpec) -> dict[str, Any]:
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests,
             "upscale_delay_s": 0.5,
-            "downscale_delay_s": 60.0,
+            "downscale_delay_s": SCALE_DOWN_DELAY_S,
         },
         "ray_actor_options": {"num_cpus": 0},
         "health_check_period_s": 2.0,
@@ -195,6 +196,7 @@ def ingress_args(app_args: AppArgs, loaded: LoadedPolicy, settings: Settings) ->
         redis_url=app_args.redis_url,
         redis_timeout_s=app_args.redis_timeout_s,
         billing=billing,
+        ingress_replicas=app_args.ingress_replicas,
     )
 
 

@@ -27,6 +27,7 @@ from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
 from serve_app.ingress.history import OutputHistory
+from serve_app.ingress.margins import MarginWindows
 from serve_app.ingress.service import ChatService, ModelHandle
 from serve_app.ingress.settlement import Settlement
 from serve_app.ingress.views import Views
@@ -36,7 +37,7 @@ from serve_app.metering.stream import MeterStreamWriter
 from serve_app.metering.stripe_sink import StripeSink
 from serve_app.metering.view import BillingView
 from serve_app.policy import LoadedPolicy, load_policy_dict
-from serve_app.pricing import PriceBook
+from serve_app.pricing import ClusterSnapshot, PriceBook
 from serve_app.pricing.book import usd_to_micro
 from serve_app.telemetry import Metrics
 
@@ -80,6 +81,12 @@ class IngressArgs(BaseModel):
         default=DEFAULT_TIMEOUT_S, gt=0, description="Longest wait on Redis per request."
     )
     billing: BillingArgs | None = Field(default=None, description="None: meters stay in memory.")
+    ingress_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Ingress replicas: each weighs its revenue against this share of the "
+        "models' replica-hours in the margin window.",
+    )
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,14 @@ def compose(
     loaded = load_policy_dict(args.policy, source=args.policy_source)
     book = PriceBook.from_policy(loaded.policy, loaded.version)
     metrics = platform.metrics
+    windows = MarginWindows(
+        {m.id: m.usd_per_s for m in book.models.values()}, share=1 / args.ingress_replicas
+    )
+
+    def on_replicas(snapshot: ClusterSnapshot) -> None:
+        metrics.live_state(snapshot)
+        windows.replicas(snapshot)
+
     state = ClusterState(
         {
             m.id: Scaling(
@@ -174,7 +189,7 @@ def compose(
         platform.fetch_reports,
         platform.fetch_deployments,
         clock=platform.clock,
-        on_replicas=metrics.live_state,
+        on_replicas=on_replicas,
     )
     admission: AdmissionGate | None = None
     billing_view: BillingView | None = None
@@ -231,9 +246,10 @@ def compose(
         metrics,
         history,
         admission,
+        windows,
     )
     service = ChatService(
-        loaded, book, state, handles, settlement, history, metrics, limits, admission
+        loaded, book, state, handles, settlement, history, metrics, limits, admission, windows
     )
     views = Views(loaded, book, state, limits, admission, billing_view)
     return IngressParts(service, views, state, sink, writer, args.billing)

@@ -30,6 +30,7 @@ def candidate_json(q: CandidateQuote) -> dict[str, Any]:
         "input_tokens": q.input_tokens,
         "predicted_output_tokens": q.predicted_output_tokens,
         "cost_usd": usd(q.cost_micro),
+        "incremental_cost_usd": usd(q.incremental_cost_micro),
         "price_usd": usd(q.price_micro),
         "worst_case_price_usd": usd(q.worst_case_price_micro),
         "margin": round(q.margin, 6),

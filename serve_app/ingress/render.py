@@ -5,9 +5,13 @@ are answered by `errors.error_for`. Which figure each header and `rtcts` field c
 
     x-rtcts-price-usd   quoted price (the decision's); after a finished non-streamed
                         request, the billed price (credit and cap applied)
-    x-rtcts-cost-usd    allocated cost-to-serve of the chosen candidate
-    x-rtcts-margin      (price − cost) / price for the price above
+    x-rtcts-cost-usd    allocated cost-to-serve of the chosen candidate (its share of
+                        the replica's time at the predicted batch)
+    x-rtcts-margin      (price − allocated cost) / price for the price above
     rtcts.billed_usd    what the meter bills (list price − SLA credit, within the cap)
+    candidates[].cost_usd / incremental_cost_usd (quote): allocated, and what serving
+                        adds (the figure the margin check weighs on the plan's
+                        `cost_basis`, docs/pricing-model.md)
 """
 
 from __future__ import annotations

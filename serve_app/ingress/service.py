@@ -43,6 +43,7 @@ from serve_app.ingress.call import (
     StreamText,
 )
 from serve_app.ingress.history import OutputHistory
+from serve_app.ingress.margins import MarginWindows
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.ingress.pump import DeltaPump
 from serve_app.ingress.settlement import Settlement
@@ -77,8 +78,10 @@ class ChatService:
         metrics: Metrics,
         limits: Mapping[str, AdmissionLimits],
         admission: AdmissionGate | None = None,
+        windows: MarginWindows | None = None,
     ) -> None:
         self.policy = policy
+        self._windows = windows
         self.book = book
         self.state = state
         self.tenants = TenantDirectory(policy.policy.tenants)
@@ -134,7 +137,9 @@ class ChatService:
             output_history=self._history.of(tenant.id),
             max_price_micro=body.price_cap_micro(),
         )
-        return Quoted(request, decide(request, self.book, tenant.plan, self.state.snapshot()))
+        windows = None if self._windows is None else self._windows.margins()
+        snapshot = self.state.snapshot()
+        return Quoted(request, decide(request, self.book, tenant.plan, snapshot, windows=windows))
 
     # ------------------------------------------------------------------ chat
 

@@ -22,6 +22,7 @@ from fractions import Fraction
 from serve_app.admission import AdmissionGate
 from serve_app.ingress.call import ChatCall, Served
 from serve_app.ingress.history import OutputHistory
+from serve_app.ingress.margins import MarginWindows
 from serve_app.metering.meter import Meter, MeterSink, new_meter_id
 from serve_app.pricing import PriceBook
 from serve_app.pricing.billing import Bill, bill
@@ -46,6 +47,7 @@ class Settlement:
         metrics: Metrics,
         history: OutputHistory,
         admission: AdmissionGate | None,
+        windows: MarginWindows | None = None,
     ) -> None:
         self._book = book
         self._credit = credits
@@ -53,6 +55,7 @@ class Settlement:
         self._metrics = metrics
         self._history = history
         self._admission = admission
+        self._windows = windows
         self._background: set[asyncio.Task[None]] = set()
 
     def settle(self, call: ChatCall, served: Served) -> Bill:
@@ -84,6 +87,8 @@ class Settlement:
 
     def _record(self, call: ChatCall, served: Served, the_bill: Bill, *, abandoned: bool) -> None:
         chosen = call.chosen
+        if self._windows is not None:
+            self._windows.revenue(chosen.model_id, the_bill.billed_micro)
         self._settle_admission(
             call, served.input_tokens + served.output_tokens, the_bill.billed_micro
         )

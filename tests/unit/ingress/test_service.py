@@ -567,3 +567,23 @@ def test_chat_opens_a_span_only_when_a_tracer_provider_is_set(
     assert span.name == "rtcts.decide"
     assert span.attributes is not None
     assert span.attributes["rtcts.decision"] == "allow"
+
+
+def test_an_idle_warm_cluster_serves_a_basic_request_with_its_margin_headers() -> None:
+    """Issue #12: on an idle cluster every allocated margin is far below the floor, and
+    the first version refused every basic request (429 margin_throttled). The replicas
+    are paid whether or not the request is served: it is served."""
+
+    async def idle() -> list[ReplicaReport]:
+        return [_report("llama-3.1-8b", 0), _report(MODEL, 0)]
+
+    h = _harness()
+    h.parts.state._fetch_reports = idle
+    asyncio.run(h.state.refresh_load())
+    quote = h.quote(h.tenant(BASIC), _body())
+    assert float(quote["candidates"][0]["margin"]) < 0  # the allocated figure
+    response = _chat(h, _body(), BASIC)
+    assert response.status_code == 200
+    assert response.headers["x-rtcts-decision"] == "allow"
+    assert "x-rtcts-margin" in response.headers
+    assert "x-rtcts-cost-usd" in response.headers
