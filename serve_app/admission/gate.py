@@ -88,6 +88,9 @@ class _Settle:
     """Admitted by the local limiter (Redis never held its reservation)."""
     maybe_landed_s: float | None = None
     """When an attempt ended without an answer (it may have landed in Redis)."""
+    model_id: str = ""
+    output_tokens: int = 0
+    """A finished generation's model and output tokens, for the shared output history."""
 
 
 class AdmissionGate:
@@ -153,13 +156,34 @@ class AdmissionGate:
         self.degraded_admissions += 1
         return self._local.admit(ticket, limits, self._clock())
 
-    async def settle(self, tenant_id: str, request_id: str, tokens: int, billed_micro: int) -> None:
-        """Settle a request (0 tokens and 0 billed for a failed one). Never raises."""
+    async def settle(
+        self,
+        tenant_id: str,
+        request_id: str,
+        tokens: int,
+        billed_micro: int,
+        *,
+        model_id: str = "",
+        output_tokens: int = 0,
+    ) -> None:
+        """Settle a request (0 tokens and 0 billed for a failed one). Never raises.
+
+        `model_id` and `output_tokens` (a finished generation) feed the tenant's output
+        history that every ingress replica reads back at admission."""
         now = self._clock()
         # Admitted during an outage: Redis never held its reservation, but its spend must
         # still reach Redis's budget (module docstring: "Outage spend").
         local = self._local.settle(tenant_id, request_id, billed_micro, now)
-        item = _Settle(tenant_id, request_id, tokens, billed_micro, now, local)
+        item = _Settle(
+            tenant_id,
+            request_id,
+            tokens,
+            billed_micro,
+            now,
+            local,
+            model_id=model_id,
+            output_tokens=output_tokens,
+        )
         if not self._breaker.allow():
             self._enqueue(item)
             return
@@ -257,6 +281,8 @@ class AdmissionGate:
                     item.tokens,
                     item.billed_micro,
                     age_s=max(0.0, self._clock() - item.at_s),
+                    model_id=item.model_id,
+                    output_tokens=item.output_tokens,
                 )
             )
         except _REDIS_ERRORS as exc:

@@ -50,5 +50,9 @@ class TenantKeys:
         return self._key("resvdata")
 
     @property
+    def output_history(self) -> str:
+        return self._key("outhist")
+
+    @property
     def settled(self) -> str:
         return self._key("settled")

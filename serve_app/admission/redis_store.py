@@ -35,6 +35,8 @@ RESERVATION_TTL_S = 3600.0
 policy (`lifetime.reservation_ttl_s`): an hour, generous on purpose. Too short, a
 running request's budget is admitted again; too long, a dead ingress's reservations
 hold budget that long (they are released by expiry only)."""
+OUTPUT_EWMA_WEIGHT = 0.2
+"""Weight of the newest observation in the tenant's shared output history."""
 SETTLE_DEDUP_S = 3600
 """How long `settle` remembers a settled request id (its `settled` ZSET): a retry of the
 same settle within this time is answered 0 and adds nothing. Retrying later could count
@@ -79,6 +81,7 @@ class RedisAdmission:
                 k.reserved,
                 k.reservations,
                 k.reservation_data,
+                k.output_history,
             ],
             args=[
                 now_ms,
@@ -93,7 +96,15 @@ class RedisAdmission:
             ],
         )
         if int(result[0]) == 1:
-            return Admitted(int(result[1]), int(result[2]), int(result[3]), int(result[4]))
+            flat = result[5] if len(result) > 5 else []
+            history = {_text(flat[i]): float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+            return Admitted(
+                int(result[1]),
+                int(result[2]),
+                int(result[3]),
+                int(result[4]),
+                output_history=history,
+            )
         code = result[1].decode() if isinstance(result[1], bytes) else str(result[1])
         wait_ms = int(result[2])
         return Refused(RefusalCode(code), None if wait_ms < 0 else max(wait_ms, 1) / 1000)
@@ -106,6 +117,8 @@ class RedisAdmission:
         billed_micro: int,
         *,
         age_s: float = 0.0,
+        model_id: str = "",
+        output_tokens: int = 0,
     ) -> bool:
         """Settle to verified figures (0 and 0 for a failed request). False: already done.
 
@@ -124,6 +137,7 @@ class RedisAdmission:
                 k.reservations,
                 k.reservation_data,
                 k.settled,
+                k.output_history,
             ],
             args=[
                 now_ms,
@@ -132,6 +146,9 @@ class RedisAdmission:
                 max(0, billed_micro),
                 int(age_s * 1000),
                 SETTLE_DEDUP_S * 1000,
+                model_id,
+                max(0, output_tokens),
+                OUTPUT_EWMA_WEIGHT,
             ],
         )
         return int(done) == 1
@@ -168,3 +185,7 @@ class RedisAdmission:
             billed_requests=totals.get("requests", 0),
             billed_tokens=totals.get("tokens", 0),
         )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -6,7 +6,8 @@ AdmissionError                  base
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 
 from serve_app.errors import (  # re-exported: defined in the one error tree
@@ -54,6 +55,9 @@ class Admitted:
     reserved_micro: int
     degraded: bool = False
     """True when Redis was unreachable and the local fail-open limiter decided."""
+    output_history: Mapping[str, float] = field(default_factory=dict)
+    """The tenant's mean output tokens per model, as every ingress replica settled them
+    (empty from the local limiter)."""
 
 
 @dataclass(frozen=True, slots=True)

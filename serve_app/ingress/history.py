@@ -10,7 +10,9 @@ EWMA_WEIGHT = 0.2
 
 
 class OutputHistory:
-    """An exponentially weighted mean per (tenant, model), kept in the ingress replica."""
+    """An exponentially weighted mean per (tenant, model), kept in the ingress replica
+    and refreshed from Redis at each admission (`adopt`), where every replica's settles
+    update the same mean: quote and serve on different replicas predict alike."""
 
     def __init__(self, weight: float = EWMA_WEIGHT) -> None:
         self._weight = weight
@@ -22,6 +24,10 @@ class OutputHistory:
         means[model_id] = (
             float(output_tokens) if old is None else old + self._weight * (output_tokens - old)
         )
+
+    def adopt(self, tenant_id: str, means: Mapping[str, float]) -> None:
+        """Take the shared means (every ingress replica's settles, from Redis)."""
+        self._means.setdefault(tenant_id, {}).update(means)
 
     def of(self, tenant_id: str) -> Mapping[str, float]:
         return MappingProxyType(self._means.get(tenant_id, {}))

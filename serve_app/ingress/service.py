@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
-from serve_app.admission import AdmissionGate, AdmissionLimits, Refused, Ticket
+from serve_app.admission import AdmissionGate, AdmissionLimits, Admitted, Refused, Ticket
 from serve_app.cluster.state import ClusterState
 from serve_app.errors import (
     BackendError,
@@ -119,6 +119,8 @@ class ChatService:
             AdmissionLimits(per_minute, limits.tokens_per_minute, limits.monthly_budget_micro),
             fail_open=self._fail_open[tenant.plan],
         )
+        if isinstance(result, Admitted) and result.output_history:
+            self._history.adopt(tenant.id, result.output_history)
         if isinstance(result, Refused):
             raise RateLimited(result.code.value, result.retry_after_s)
 
@@ -339,6 +341,10 @@ class ChatService:
         result = await self._admission.admit(
             ticket, self._limits[tenant.plan], fail_open=self._fail_open[tenant.plan]
         )
+        if isinstance(result, Admitted) and result.output_history:
+            # Every replica's view of the tenant's outputs: the next quote, here or on
+            # any replica that admitted the tenant since, predicts from the same figures.
+            self._history.adopt(tenant.id, result.output_history)
         if isinstance(result, Refused):
             if result.code.value == "budget_exceeded":
                 raise BudgetExceeded("Your monthly budget would be exceeded by this request.")

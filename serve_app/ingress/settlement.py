@@ -62,7 +62,7 @@ class Settlement:
         """A finished generation: its bill, settled and metered."""
         the_bill = self._bill(call, served)
         self._history.observe(call.tenant.id, call.model_id, served.output_tokens)
-        self._record(call, served, the_bill, abandoned=False)
+        self._record(call, served, the_bill, abandoned=False, observed=True)
         return the_bill
 
     def abandon(self, call: ChatCall, delivered: Served | None) -> None:
@@ -85,12 +85,23 @@ class Settlement:
             max_price_micro=call.body.price_cap_micro(),
         )
 
-    def _record(self, call: ChatCall, served: Served, the_bill: Bill, *, abandoned: bool) -> None:
+    def _record(
+        self,
+        call: ChatCall,
+        served: Served,
+        the_bill: Bill,
+        *,
+        abandoned: bool,
+        observed: bool = False,
+    ) -> None:
         chosen = call.chosen
         if self._windows is not None:
             self._windows.revenue(chosen.model_id, the_bill.billed_micro)
         self._settle_admission(
-            call, served.input_tokens + served.output_tokens, the_bill.billed_micro
+            call,
+            served.input_tokens + served.output_tokens,
+            the_bill.billed_micro,
+            served.output_tokens if observed else 0,
         )
         self._metrics.billed(
             chosen.model_id,
@@ -110,12 +121,22 @@ class Settlement:
         logger.warning("request %s on %s failed: %s", call.request_id, call.model_id, failure)
         self._sink.emit(meter_for(call, None, None, failure=failure))
 
-    def _settle_admission(self, call: ChatCall, tokens: int, billed_micro: int) -> None:
-        """Settle the reservation in the background (the gate retries if Redis is down)."""
+    def _settle_admission(
+        self, call: ChatCall, tokens: int, billed_micro: int, output_tokens: int = 0
+    ) -> None:
+        """Settle the reservation in the background (the gate retries if Redis is down);
+        a finished generation's output tokens feed the tenant's shared output history."""
         if self._admission is None:
             return
         task = asyncio.get_running_loop().create_task(
-            self._admission.settle(call.tenant.id, call.request_id, tokens, billed_micro)
+            self._admission.settle(
+                call.tenant.id,
+                call.request_id,
+                tokens,
+                billed_micro,
+                model_id=call.model_id if output_tokens else "",
+                output_tokens=output_tokens,
+            )
         )
         self._background.add(task)
         task.add_done_callback(self._background.discard)

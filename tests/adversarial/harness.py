@@ -38,6 +38,8 @@ class Adversary:
     handle: FakeHandle
     tenant: Tenant
     key: str
+    args: IngressArgs
+    platform: Platform
 
     @property
     def meters(self) -> list[Meter]:
@@ -104,7 +106,15 @@ async def adversary(
     parts = compose(args, dict.fromkeys(models, handle), platform)
     await parts.state.refresh_load()
     tenant = parts.service.authenticate(f"Bearer {key}")
-    return Adversary(parts, handle, tenant, key)
+    return Adversary(parts, handle, tenant, key, args, platform)
+
+
+async def another_replica(adv: Adversary, handle: FakeHandle) -> Adversary:
+    """A second ingress replica of the same app (same policy, Redis and tenant)."""
+    models = list(adv.parts.service.book.models)
+    parts = compose(adv.args, dict.fromkeys(models, handle), adv.platform)
+    await parts.state.refresh_load()
+    return Adversary(parts, handle, adv.tenant, adv.key, adv.args, adv.platform)
 
 
 def body(model: str = MODEL, **extra: Any) -> dict[str, Any]:

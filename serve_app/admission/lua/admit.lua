@@ -8,9 +8,11 @@
 -- KEYS[4] reserved  STRING total micro-USD reserved by requests in flight
 -- KEYS[5] resv      ZSET  member = request id, score = reservation expiry (ms)
 -- KEYS[6] resvdata  HASH  field = request id, value = "tokens:second:amount_micro"
+-- KEYS[7] outhist   HASH  field = model id, value = the tenant's mean output tokens
 -- ARGV: now_ms (0: use Redis's clock), request_id, rpm_limit, tpm_limit, budget_micro, tokens, amount_micro,
 --       reserve (1: reserve tokens and spend; 0: count the request only), ttl_ms
--- Returns {1, requests_in_window, tokens_in_window, settled_micro, reserved_micro}
+-- Returns {1, requests_in_window, tokens_in_window, settled_micro, reserved_micro,
+--          outhist (flat field/value list: the tenant's output history, all replicas')}
 --      or {0, code, retry_after_ms}   (retry_after_ms = -1: waiting cannot help)
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -103,4 +105,6 @@ if reserve then
   used = used + tokens
   reserved = reserved + amount
 end
-return {1, count + 1, used, settled, reserved}
+local history = {}
+if KEYS[7] then history = redis.call('HGETALL', KEYS[7]) end
+return {1, count + 1, used, settled, reserved, history}

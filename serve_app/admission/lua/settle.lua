@@ -2,9 +2,11 @@
 -- KEYS[1] tokens  KEYS[2] month (of the moment the request settled)  KEYS[3] reserved
 -- KEYS[4] resv  KEYS[5] resvdata
 -- KEYS[6] settled ZSET of settled request ids (score = time), trimmed to `dedup_ms`
+-- KEYS[7] outhist HASH  field = model id, value = the tenant's mean output tokens (EWMA)
 -- ARGV: now_ms (0: use Redis's clock), request_id, tokens (verified; 0 for a failed request),
 --       billed_micro, age_ms (how long ago it settled: > 0 for a settle sent late, e.g.
---       queued during an outage), dedup_ms (how long a settled id is remembered)
+--       queued during an outage), dedup_ms (how long a settled id is remembered),
+--       model ('' : no observation), output_tokens (of a finished generation), ewma_weight
 -- Returns 1 when settled now, 0 when this id was already settled (a retry).
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -48,6 +50,18 @@ elseif tokens > 0 and at_second > second - 60 then
   redis.call('HINCRBY', KEYS[1], at_second, tokens)
 end
 redis.call('PEXPIRE', KEYS[1], 62000)
+-- The tenant's output history, shared by every ingress replica (predicts the next
+-- request's output tokens); once per request id, like everything above.
+local model = ARGV[7] or ''
+local output = tonumber(ARGV[8] or '0')
+if model ~= '' and output > 0 and KEYS[7] then
+  local old = tonumber(redis.call('HGET', KEYS[7], model) or '')
+  local weight = tonumber(ARGV[9] or '0.2')
+  local mean = output
+  if old then mean = old + weight * (output - old) end
+  redis.call('HSET', KEYS[7], model, string.format('%.3f', mean))
+  redis.call('PEXPIRE', KEYS[7], 30 * 86400000)
+end
 if billed > 0 or tokens > 0 then
   redis.call('HINCRBY', KEYS[2], 'settled_micro', billed)
   redis.call('HINCRBY', KEYS[2], 'tokens', tokens)
