@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import ray
@@ -231,8 +231,14 @@ class MeterAggregator:
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(self._config.redis_url, socket_timeout=5)
+        config = self._config
         ledger = MeterLedger(
-            client, self._shard, window_s=self._config.window_s, grace_s=self._config.grace_s
+            client,
+            self._shard,
+            window_s=config.window_s,
+            grace_s=config.grace_s,
+            shards=config.shards,
+            instance=config.instance,
         )
         self._loop_ref = AggregatorLoop(
             ledger,
@@ -250,6 +256,10 @@ class MeterAggregator:
     def pid(self) -> int:
         return os.getpid()
 
+    def config(self) -> AggregatorConfig:
+        """The configuration it runs (`ensure_aggregators` compares it with the app's)."""
+        return self._config
+
     def health(self) -> dict[str, Any]:
         loop, event_loop = self._loop_ref, self._event_loop
         if loop is None or event_loop is None:
@@ -265,14 +275,69 @@ class MeterAggregator:
             self._thread.join(timeout=10)
 
 
-def ensure_aggregators(config: AggregatorConfig) -> list[Any]:
-    """The aggregator actors of every shard, created once (get-if-exists), detached."""
-    return [
-        MeterAggregator.options(  # type: ignore[attr-defined]
-            name=AGGREGATOR_NAME.format(instance=config.instance, shard=shard),
+REPLACE_TRIES = 20
+"""Rounds `ensure_aggregators` tries per shard (a killed actor's name frees in a moment)."""
+
+
+def ensure_aggregators(config: AggregatorConfig, *, timeout_s: float = 60.0) -> list[Any]:
+    """The aggregator actors of every shard, detached, each running `config`.
+
+    An aggregator already running (get-if-exists) with another configuration (a redeploy
+    with another window size, shard count, Stripe base or key, customer list), or too old
+    to say, is killed and created again with `config`. That is safe at any moment:
+    everything it knows lives in Redis; the new one reads the pending stream entries of
+    the same consumer, closes the open windows (each keeps its own shape and closes under
+    its own identifier), and resends the outbox with the identifiers frozen there.
+    An aggregator that does not answer within `timeout_s` is left as it is (logged):
+    replacing an actor that may be starting would only restart it.
+
+    Called once per ingress replica at construction, before it serves; an aggregator of
+    a shard beyond `config.shards` (the count went down) is left running: it drains its
+    stream and outbox under its own configuration.
+    """
+    return [_ensure_one(config, shard, timeout_s) for shard in range(config.shards)]
+
+
+def _ensure_one(config: AggregatorConfig, shard: int, timeout_s: float) -> Any:
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    name = AGGREGATOR_NAME.format(instance=config.instance, shard=shard)
+    for _ in range(REPLACE_TRIES):
+        actor = MeterAggregator.options(  # type: ignore[attr-defined]
+            name=name,
             namespace=AGGREGATOR_NAMESPACE,
             lifetime="detached",
             get_if_exists=True,
         ).remote(config, shard)
-        for shard in range(config.shards)
-    ]
+        try:
+            running = ray.get(actor.config.remote(), timeout=timeout_s)
+        except GetTimeoutError:
+            logger.warning(
+                "aggregator %s did not say its configuration within %.0f s; left as it is",
+                name,
+                timeout_s,
+            )
+            return actor
+        except RayActorError:
+            time.sleep(0.2)  # dead or being killed (by another replica): get or create anew
+            continue
+        except Exception:
+            running = None  # an aggregator from before `config()` existed
+        if running == config:
+            return actor
+        logger.warning(
+            "replacing aggregator %s: its configuration differs (%s)",
+            name,
+            ", ".join(config_differences(running, config)) or "unknown",
+        )
+        ray.kill(actor, no_restart=True)
+        time.sleep(0.2)
+    raise RuntimeError(f"aggregator {name} could not be replaced with the app's configuration")
+
+
+def config_differences(running: AggregatorConfig | None, wanted: AggregatorConfig) -> list[str]:
+    """Names of the fields that differ (never their values: two of them are secrets)."""
+    if running is None:
+        return ["unknown configuration"]
+    names = [f.name for f in fields(AggregatorConfig)]
+    return [n for n in names if getattr(running, n) != getattr(wanted, n)]

@@ -4,7 +4,9 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
 
     rtcts:meters:{s<i>}          the meter stream (written by the ingress)
     rtcts:agg:{s<i>}:seen        batch ids already folded (ZSET, kept `FOLD_DEDUP_S`)
-    rtcts:agg:{s<i>}:open        open window totals ("tenant|event|start" -> value)
+    rtcts:agg:{s<i>}:open        open window totals ("tenant|event|start|window_s|grace_s"
+                                 -> value, `windows.open_field`; "tenant|event|start" is
+                                 the older form, closed under the older identifier)
     rtcts:agg:{s<i>}:customers   tenant -> Stripe customer
     rtcts:agg:{s<i>}:tenants     per-tenant totals ("tenant|billed|credited|meters|failed")
     rtcts:agg:{s<i>}:outbox      closed windows not yet delivered (identifier -> entry)
@@ -44,7 +46,7 @@ from serve_app.metering.entry import F_SUMMARY, Group, batch_item
 from serve_app.metering.horizons import DAY_S, FOLD_DEDUP_S, SENT_RETENTION_S
 from serve_app.metering.stream import stream_key
 from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENT_TOKENS, OutboxEntry
-from serve_app.metering.windows import identifier
+from serve_app.metering.windows import Layout, parse_open_field, window_identifier
 from serve_app.redis_checks import check_eviction_policy
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -138,11 +140,23 @@ def parse_entry(ident: str, raw: Any) -> OutboxEntry:
 class MeterLedger:
     """One shard's aggregation state and its atomic steps."""
 
-    def __init__(self, client: Any, shard: int, *, window_s: int, grace_s: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        shard: int,
+        *,
+        window_s: int,
+        grace_s: int,
+        shards: int = 1,
+        instance: str = "rtcts",
+    ) -> None:
+        """`shards` and `instance` (the app's name) are part of every identifier closed
+        here (`windows.Layout`), so windows of another layout never share one."""
         self._client = client
         self.keys = ShardKeys(shard)
         self.window_s = window_s
         self.grace_s = grace_s
+        self.layout = Layout(instance=instance, shards=shards, shard=shard)
         self._fold = client.register_script(FOLD_LUA)
         self._close = client.register_script(CLOSE_LUA)
 
@@ -243,13 +257,24 @@ class MeterLedger:
         return folded
 
     async def close_due(self) -> int:
+        """Close every open window past its own end + grace (Redis's clock): each goes to
+        the outbox and the ledger under its identifier, or stays open (one script)."""
         fields = [_text(f) for f in await self._client.hkeys(self.keys.open)]
-        if not fields:
-            return 0
-        args: list[Any] = [self.window_s, self.grace_s]
+        args: list[Any] = []
         for field in fields:
-            tenant, event, start = field.rsplit("|", 2)
-            args += [field, identifier(tenant, event, int(start))]
+            window = parse_open_field(field, self.window_s, self.grace_s)
+            if window is None:
+                continue  # not a window field: nothing folds or closes it
+            args += [
+                field,
+                window_identifier(window, self.layout),
+                window.due_s,
+                window.tenant_id,
+                window.event_name,
+                window.start_s,
+            ]
+        if not args:
+            return 0
         k = self.keys
         closed: int = await self._close(keys=[k.open, k.customers, k.outbox, k.ledger], args=args)
         return closed

@@ -4,18 +4,17 @@
 --
 -- KEYS[1] open HASH  KEYS[2] customers HASH  KEYS[3] outbox HASH (identifier -> entry)
 -- KEYS[4] ledger HASH ("customer|event" -> total closed)
--- ARGV[1] window_s  ARGV[2] grace_s  then pairs (field, identifier) for candidate windows
--- computed by the caller from HKEYS open (the identifier is a hash the caller computes).
+-- ARGV: per candidate window (from HKEYS open, parsed by the caller, `windows.py`) six
+-- values: field, identifier, due_s (start + its own length + grace), tenant, event,
+-- start. The caller parses and names; Redis's clock decides what is due.
 -- Returns the number of windows closed.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window_s = tonumber(ARGV[1])
-local grace_s = tonumber(ARGV[2])
 local closed = 0
-for i = 3, #ARGV, 2 do
-  local field, ident = ARGV[i], ARGV[i + 1]
-  local tenant, event, start = string.match(field, '^(.*)|([^|]+)|(%d+)$')
-  if start and (tonumber(start) + window_s + grace_s) * 1000 <= now then
+for i = 1, #ARGV, 6 do
+  local field, ident, due = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local tenant, event, start = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  if due * 1000 <= now then
     local value = redis.call('HGET', KEYS[1], field)
     if value then
       redis.call('HDEL', KEYS[1], field)

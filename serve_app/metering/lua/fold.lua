@@ -9,7 +9,9 @@
 -- batch that did land always finds its id here.
 --
 -- KEYS[1] stream   KEYS[2] seen ZSET (batch id -> time, kept `dedup_ms`)
--- KEYS[3] open HASH ("tenant|event|start" -> value)   KEYS[4] customers HASH (tenant -> cus_)
+-- KEYS[3] open HASH ("tenant|event|start|window_s|grace_s" -> value: windows.open_field;
+-- a window keeps the shape it was folded under when the configuration changes)
+-- KEYS[4] customers HASH (tenant -> cus_)
 -- KEYS[5] tenants HASH ("tenant|field" -> value: billed, credited, meters, failed)
 -- ARGV[1] group  ARGV[2] window_s  ARGV[3] grace_s  ARGV[4] dedup_ms  ARGV[5] n_entries
 -- ARGV[6] billed event name  ARGV[7] tokens event name
@@ -25,6 +27,7 @@ local dedup_ms = tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 local billed_event, tokens_event = ARGV[6], ARGV[7]
 local open_start = math.floor(math.floor(now / 1000) / window_s) * window_s
+local shape = '|' .. ARGV[2] .. '|' .. ARGV[3]
 local folded = 0
 local ids = {}
 -- Sums per hash field for the whole call, written once each at the end.
@@ -47,8 +50,8 @@ for _ = 1, n do
         if (start + window_s + grace_s) * 1000 <= now then
           start = open_start  -- late: its window may be sent already; bill it in the open one
         end
-        add(open, tenant .. '|' .. billed_event .. '|' .. start, ARGV[b + 5])
-        add(open, tenant .. '|' .. tokens_event .. '|' .. start, ARGV[b + 6])
+        add(open, tenant .. '|' .. billed_event .. '|' .. start .. shape, ARGV[b + 5])
+        add(open, tenant .. '|' .. tokens_event .. '|' .. start .. shape, ARGV[b + 6])
         customers[tenant] = ARGV[b + 1]
         add(tenants, tenant .. '|billed', ARGV[b + 5])
         add(tenants, tenant .. '|credited', ARGV[b + 7])
