@@ -8,23 +8,25 @@
     GET  /healthz               liveness and freshness of the live state
     GET  /v1/usage, /v1/admin/* usage, billing health and reconciliation
 
+    GET  /openapi.json          the API description (no key); /docs and /redoc over it
+
 The two priced routes run as plain ASGI (`asgi.py`); the others are a FastAPI app built
-per replica. Each route authenticates, calls the service or a view (values out) and
-hands the result to `render.py`; the replica's parts are wired by `compose.py`. The API
-key is checked before the body is read, so an unauthenticated caller learns nothing
-about the API but 401.
+per replica (`build_asgi`). Each route authenticates, calls the service or a view
+(values out) and hands the result to `render.py`; the replica's parts are wired by
+`compose.py`; the description of every route is `openapi.py`'s. The API key is checked
+before the body is read, so an unauthenticated caller gets 401 whatever it sent.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures.
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.types import Receive, Scope
 
-from serve_app.ingress import errors, render
+from serve_app.ingress import errors, openapi, render
 from serve_app.ingress.asgi import IngressASGI, Route, headers_of, read_chat_body
 from serve_app.ingress.compose import IngressArgs, IngressParts, compose, ray_platform
 from serve_app.ingress.protocol import ChatCompletionRequest
@@ -50,40 +52,42 @@ async def answer_chat(
     return render.chat_response(await service.complete(call))
 
 
-@serve.deployment
-@serve.ingress()
-class Ingress:
-    """The ingress deployment; the builder binds it with its typed args and model handles."""
+class Routes:
+    """The routes of one ingress replica, over its parts."""
 
-    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, args: IngressArgs, handles: dict[str, Any]
-    ) -> None:
-        self.parts: IngressParts = compose(args, handles, ray_platform(args.app_name))
-        self.parts.start()
-        self.service = self.parts.service
-        self.views = self.parts.views
+    def __init__(self, parts: IngressParts) -> None:
+        self.parts = parts
+        self.service = parts.service
+        self.views = parts.views
 
-    def __serve_build_asgi_app__(self) -> IngressASGI:
-        """Serve calls this once the constructor has run: the ASGI app of this replica."""
-        priced: dict[tuple[str, str], Route] = {
-            ("POST", CHAT_PATH): self.chat_completions,
-            ("POST", QUOTE_PATH): self.quote,
-        }
-        return IngressASGI(self._api(), priced)
+    def priced(self) -> dict[tuple[str, str], Route]:
+        """The routes that run as plain ASGI, by (method, path)."""
+        return {("POST", CHAT_PATH): self.chat_completions, ("POST", QUOTE_PATH): self.quote}
 
-    def _api(self) -> FastAPI:
-        """The FastAPI app of every route but the priced ones."""
-        api = FastAPI(
-            title="rtcts", description="Real-Time Cost-to-Serve LLM gateway", docs_url=None
-        )
+    def api(self) -> FastAPI:
+        """The FastAPI app of every route but the priced ones, and the API description
+        (`openapi.py`: /openapi.json, /docs, /redoc, no key)."""
+        api = openapi.IngressAPI(openapi.priced_routes(CHAT_PATH, QUOTE_PATH))
         errors.install_error_handlers(api)
-        api.add_api_route("/v1/models", self.models, methods=["GET"])
-        api.add_api_route("/v1/cluster", self.cluster, methods=["GET"])
-        api.add_api_route("/healthz", self.healthz, methods=["GET"])
-        api.add_api_route("/v1/usage", self.usage, methods=["GET"])
-        api.add_api_route("/v1/admin/usage/{tenant_id}", self.admin_usage, methods=["GET"])
-        api.add_api_route("/v1/admin/billing", self.admin_billing, methods=["GET"])
-        api.add_api_route("/v1/admin/reconcile", self.admin_reconcile, methods=["POST"])
+        api.add_api_route("/v1/models", self.models, methods=["GET"], **openapi.MODELS)
+        api.add_api_route("/v1/cluster", self.cluster, methods=["GET"], **openapi.CLUSTER)
+        api.add_api_route("/healthz", self.healthz, methods=["GET"], **openapi.HEALTH)
+        api.add_api_route("/v1/usage", self.usage, methods=["GET"], **openapi.USAGE)
+        api.add_api_route(
+            "/v1/admin/usage/{tenant_id}",
+            self.admin_usage,
+            methods=["GET"],
+            **openapi.ADMIN_USAGE,
+        )
+        api.add_api_route(
+            "/v1/admin/billing", self.admin_billing, methods=["GET"], **openapi.ADMIN_BILLING
+        )
+        api.add_api_route(
+            "/v1/admin/reconcile",
+            self.admin_reconcile,
+            methods=["POST"],
+            **openapi.ADMIN_RECONCILE,
+        )
         return api
 
     async def _tenant_and_body(
@@ -118,7 +122,9 @@ class Ingress:
         tenant = self.service.authenticate(request.headers.get("authorization"))
         return JSONResponse(await self.views.usage(tenant))
 
-    async def admin_usage(self, tenant_id: str, request: Request) -> JSONResponse:
+    async def admin_usage(
+        self, tenant_id: Annotated[str, openapi.TENANT_ID], request: Request
+    ) -> JSONResponse:
         self.views.require_admin(request.headers.get("authorization"))
         return JSONResponse(await self.views.usage(self.views.tenant_by_id(tenant_id)))
 
@@ -140,6 +146,29 @@ class Ingress:
 
     async def healthz(self) -> JSONResponse:
         return JSONResponse(self.views.health())
+
+
+def build_asgi(parts: IngressParts) -> IngressASGI:
+    """The ASGI app of one ingress replica over its parts: what Serve serves, and what
+    tests serve without Ray."""
+    routes = Routes(parts)
+    return IngressASGI(routes.api(), routes.priced())
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    """The ingress deployment; the builder binds it with its typed args and model handles."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, args: IngressArgs, handles: dict[str, Any]
+    ) -> None:
+        self.parts: IngressParts = compose(args, handles, ray_platform(args.app_name))
+        self.parts.start()
+
+    def __serve_build_asgi_app__(self) -> IngressASGI:
+        """Serve calls this once the constructor has run: the ASGI app of this replica."""
+        return build_asgi(self.parts)
 
     async def __del__(self) -> None:
         parts = getattr(self, "parts", None)  # absent if the constructor failed

@@ -8,6 +8,12 @@ OpenAI-shaped 400 answers through `serve_app.ingress.errors.install_error_handle
 
 rtcts adds, in requests, `max_price_usd` (the client's price cap) and, in responses,
 an `rtcts` object (the price and decision) and a `pricing` object on each model card.
+
+The request models' JSON schemas are the served API document's (`openapi.py`): where
+a rule is checked by a validator here, the field also declares it in its schema
+(`WithJsonSchema`, `json_schema_extra`), so the document accepts what rtcts accepts.
+Only rules JSON Schema cannot say are left to the descriptions (a prompt that does not
+fit the model's context window).
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from serve_app.models.backend import ChatMessage
@@ -31,6 +39,8 @@ MICRO_PER_USD = 1_000_000
 MAX_PRICE_USD = Decimal(1_000_000)
 """Upper bound of `max_price_usd`: keeps the exact micro-USD conversion cheap."""
 MAX_STOP_SEQUENCES = 4
+_NOTHING = {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}
+"""The documented schema of a feature rtcts refuses: absent, null or an empty list."""
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
 FinishReason = Literal["stop", "length"]
@@ -38,9 +48,45 @@ FinishReason = Literal["stop", "length"]
 UNSUPPORTED = "unsupported_parameter"
 """Pydantic error type of a feature rtcts does not support (becomes the error `code`)."""
 
-_StrictInt = Annotated[int, Field(strict=True)]
-_PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+
+def _integral(value: Any) -> Any:
+    """A float without a fraction as the int it is: JSON has one number type, and JSON
+    Schema's `integer` takes `1.0` (Python's `json.dumps(16.0)` sends it)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_StrictInt = Annotated[int, Field(strict=True), BeforeValidator(_integral)]
+_PositiveInt = Annotated[int, Field(strict=True, ge=1), BeforeValidator(_integral)]
 _Penalty = Annotated[float, Field(strict=True, ge=-2, le=2)]
+
+_PRICE_TEXT = r"^(?:[0-9]{1,6}(?:\.[0-9]+)?|1000000(?:\.0+)?)$"
+"""`max_price_usd` as a string, as documented: a plain decimal from 0 to 1,000,000.
+(Any string `Decimal` reads is accepted within that range, `1e2` too.)"""
+_NOT_SPACE = r"[^\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""A character `str.strip()` keeps, as a JSON Schema pattern."""
+_TEXT = {"type": "string", "pattern": _NOT_SPACE}
+_SOME_CONTENT = {
+    "type": "object",
+    "required": ["content"],
+    "properties": {
+        "content": {
+            "anyOf": [
+                _TEXT,
+                {
+                    "type": "array",
+                    "contains": {
+                        "type": "object",
+                        "required": ["text"],
+                        "properties": {"text": _TEXT},
+                    },
+                },
+            ]
+        }
+    },
+}
+"""A message with some text that is not whitespace (the rule of `messages`)."""
 
 
 def _unsupported(message: str) -> PydanticCustomError:
@@ -57,18 +103,29 @@ def _invalid(message: str) -> PydanticCustomError:
 class _Incoming(BaseModel):
     """Base of request bodies: unknown fields are ignored (forward compatibility)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
 
 
 class TextContentPart(_Incoming):
     """One part of a multi-part message content; rtcts accepts text parts only."""
 
+    model_config = ConfigDict(json_schema_extra={"required": ["type", "text"]})
+
     type: Literal["text"] = "text"
+    """Required (`ChatCompletionMessage` refuses a part without it)."""
     text: str
 
 
 class ChatCompletionMessage(_Incoming):
     """One message of the conversation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            # content is required, and not null, unless the message is the assistant's
+            "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+            "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        }
+    )
 
     role: Role
     content: str | list[TextContentPart] | None = None
@@ -117,31 +174,81 @@ class StreamOptions(_Incoming):
 class ChatCompletionRequest(_Incoming):
     """The body of `POST /v1/chat/completions`."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            # stream_options only with stream: true
+            "if": {
+                "required": ["stream_options"],
+                "properties": {"stream_options": {"type": "object"}},
+            },
+            "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        }
+    )
+
     model: Annotated[str, Field(min_length=1)]
-    messages: list[ChatCompletionMessage]
+    """A model id or a route alias (`GET /v1/models`)."""
+    messages: Annotated[
+        list[ChatCompletionMessage],
+        Field(json_schema_extra={"minItems": 1, "contains": _SOME_CONTENT}),
+    ]
+    """At least one message, and at least one with some text that is not whitespace."""
     max_tokens: _PositiveInt | None = None
     """Deprecated by OpenAI in favour of `max_completion_tokens`, still widely sent."""
     max_completion_tokens: _PositiveInt | None = None
     """Wins over `max_tokens` when both are set."""
     temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(strict=True, gt=0, le=1)] | None = None
-    n: _StrictInt | None = None
+    n: Annotated[_StrictInt | None, WithJsonSchema({"anyOf": [{"const": 1}, {"type": "null"}]})] = (
+        None
+    )
+    """Choices per request: rtcts serves one (`n` other than 1 is refused)."""
     stream: Annotated[bool, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: Annotated[
+        str | list[str] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
     seed: _StrictInt | None = None
     user: str | None = None
     presence_penalty: _Penalty | None = None
     """Accepted and ignored."""
     frequency_penalty: _Penalty | None = None
     """Accepted and ignored."""
-    max_price_usd: Annotated[Decimal, Field(ge=0, le=MAX_PRICE_USD)] | None = None
-    """rtcts extension: the most the client agrees to pay for this request, in USD."""
+    max_price_usd: Annotated[
+        Decimal | None,
+        Field(ge=0, le=MAX_PRICE_USD),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "maximum": int(MAX_PRICE_USD)},
+                    {"type": "string", "pattern": _PRICE_TEXT},
+                    {"type": "null"},
+                ]
+            }
+        ),
+    ] = None
+    """rtcts extension: the most the client agrees to pay for this request, in USD (a
+    number, or a decimal string for an exact amount)."""
 
     # Declared only to be rejected with a clear message; never serialized.
-    tools: Any = Field(default=None, exclude=True, repr=False)
-    functions: Any = Field(default=None, exclude=True, repr=False)
-    logprobs: Any = Field(default=None, exclude=True, repr=False)
+    tools: Annotated[Any, WithJsonSchema(_NOTHING)] = Field(default=None, exclude=True, repr=False)
+    """Not supported: a non-empty list is refused (`unsupported_parameter`)."""
+    functions: Annotated[Any, WithJsonSchema(_NOTHING)] = Field(
+        default=None, exclude=True, repr=False
+    )
+    """Not supported: a non-empty list is refused (`unsupported_parameter`)."""
+    logprobs: Annotated[Any, WithJsonSchema({"anyOf": [{"const": False}, {"type": "null"}]})] = (
+        Field(default=None, exclude=True, repr=False)
+    )
+    """Not supported: `true` is refused (`unsupported_parameter`)."""
 
     @field_validator("messages")
     @classmethod
@@ -172,17 +279,19 @@ class ChatCompletionRequest(_Incoming):
 
     @field_validator("tools", "functions")
     @classmethod
-    def _no_tools(cls, value: Any) -> Any:
-        if value:
+    def _no_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value == []:
+            return None
+        if isinstance(value, list):
             raise _unsupported("tools and function calling are not supported")
-        return None
+        raise _invalid(f"{info.field_name} must be a list")
 
     @field_validator("logprobs")
     @classmethod
     def _no_logprobs(cls, value: Any) -> Any:
         if value is True:
             raise _unsupported("logprobs are not supported")
-        if value not in (None, False):
+        if value is not None and value is not False:
             raise _invalid("logprobs must be a boolean")
         return None
 
@@ -234,7 +343,7 @@ class QuoteRequest(ChatCompletionRequest):
 
 
 class _Outgoing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Usage(_Outgoing):
