@@ -23,13 +23,13 @@ import uvicorn
 from rtcts_dev.stripe_emulator.app import create_app
 from rtcts_dev.stripe_emulator.schemas import RequestValidator, load_schemas
 from rtcts_dev.stripe_emulator.state import EmulatorState, Faults
-from serve_app.errors import RtctsError
+from serve_app.errors import LocalServiceError
 from serve_app.local.child import ChildServer
 
 START_TIMEOUT_S = 15.0
 
 
-class EmulatorError(RtctsError):
+class EmulatorError(LocalServiceError):
     """The Stripe emulator could not be started."""
 
 
