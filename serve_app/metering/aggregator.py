@@ -26,12 +26,12 @@ from typing import Any, Protocol
 import ray
 
 from serve_app.metering.ledger import MeterLedger
+from serve_app.metering.sink_setup import SetupStatus, SinkSetup
 from serve_app.metering.stripe_errors import backoff_s
 from serve_app.metering.stripe_sink import LOCAL_TEST_KEY, StripeSink
 from serve_app.metering.types import (
     METER_EVENTS,
     OutboxEntry,
-    RetryableSyncError,
     SendResult,
     SendStatus,
 )
@@ -66,6 +66,9 @@ class AggregatorConfig:
     """"v1": one meter event per window; "v2": meter event streams, 100 events a call."""
     customers: tuple[tuple[str, str], ...] = ()
     """(Stripe customer id, tenant id) of every tenant: checked or created at start-up."""
+    setup_retry_max_s: float = 300.0
+    """A failed Stripe set-up is retried with backoff up to this long apart (folding and
+    closing go on meanwhile; sending waits: `sink_setup.py`)."""
 
 
 class Sink(Protocol):
@@ -100,9 +103,23 @@ class AggregatorLoop:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        customers: Sequence[tuple[str, str]] = (),
+        setup_retry_max_s: float = 300.0,
     ) -> None:
+        """`customers` ((Stripe customer id, tenant id) pairs) are checked, with the
+        meters, by the sink's set-up before anything is sent (`sink_setup.py`)."""
         self.ledger = ledger
         self.sink = sink
+        self.setup = SinkSetup(
+            sink,
+            customers,
+            METER_EVENTS,
+            retry_max_s=setup_retry_max_s,
+            clock=clock,
+            wall=wall,
+        )
+        self._published: SetupStatus | None = None
+        """The set-up status last written to Redis (for the billing health)."""
         self.consumer = consumer
         self.batch_size = batch_size
         self.block_ms = block_ms
@@ -121,8 +138,10 @@ class AggregatorLoop:
         self.delivered = 0
 
     async def step(self) -> int:
-        """One round: fold a batch; at a window boundary, close due windows; deliver when
-        something was closed or a retry is due. Returns the stream entries read."""
+        """One round: fold a batch; at a window boundary, close due windows; retry the
+        Stripe set-up when due; deliver when something was closed or a retry is due.
+        Returns the stream entries read. Folding, closing and trimming never wait on
+        Stripe."""
         entries = await self.ledger.read(self.consumer, self.batch_size, self.block_ms)
         self.folded += await self.ledger.fold(entries)
         now = self._wall()
@@ -131,6 +150,11 @@ class AggregatorLoop:
                 self._outbox_ready = True
             await self.ledger.trim(self.retention_s)
             self._next_close = next_close_s(now, self.ledger.window_s, self.ledger.grace_s)
+        if await self.setup.ensure():
+            self._outbox_ready = True  # what may be sent changed
+        if self.setup.status != self._published:
+            await self.ledger.set_status("stripe_setup", self.setup.status.to_dict())
+            self._published = self.setup.status
         now_mono = self._clock()
         if self._outbox_ready or any(t <= now_mono for _, t in self._retry.values()):
             self._outbox_ready = False
@@ -140,11 +164,15 @@ class AggregatorLoop:
     async def deliver(self) -> None:
         if self.sink is None:
             return  # no Stripe configured: windows wait in the outbox (visible in health)
+        status = self.setup.status
+        if status.hold_all:
+            return  # set-up not done: everything waits (visible in health)
         now = self._clock()
         due = [
             e
             for e in await self.ledger.outbox()
             if self._retry.get(e.identifier, (0, 0.0))[1] <= now
+            and not status.holds(e.stripe_customer_id)
         ]
         for start in range(0, len(due), self.send_batch):
             chunk = due[start : start + self.send_batch]
@@ -189,20 +217,12 @@ def stripe_sink_for(api_base: str | None, api_key: str | None, mode: str = "v1")
     return StripeSink.connect(api_key or LOCAL_TEST_KEY, api_base, mode=mode)
 
 
-async def make_sink(config: AggregatorConfig) -> Sink | None:
-    """The aggregator's sink, its meters and customers checked (created on the emulator);
-    None when neither Stripe nor an emulator is configured."""
+def make_sink(config: AggregatorConfig) -> StripeSink | None:
+    """The aggregator's sink (its set-up is the loop's: `sink_setup.py`); None when
+    neither Stripe nor an emulator is configured."""
     if config.stripe_api_base is None and config.stripe_api_key is None:
         return None
-    sink = stripe_sink_for(config.stripe_api_base, config.stripe_api_key, config.stripe_mode)
-    while True:
-        try:
-            await sink.ensure_setup(config.customers, METER_EVENTS)
-            break
-        except RetryableSyncError:
-            logger.warning("Stripe set-up failed (retrying): Stripe unreachable")
-            await asyncio.sleep(1.0)
-    return sink
+    return stripe_sink_for(config.stripe_api_base, config.stripe_api_key, config.stripe_mode)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -242,12 +262,14 @@ class MeterAggregator:
         )
         self._loop_ref = AggregatorLoop(
             ledger,
-            await make_sink(self._config),
+            make_sink(config),
             consumer=f"agg-{self._shard}",
-            batch_size=self._config.batch_size,
-            block_ms=self._config.block_ms,
-            send_batch=self._config.send_batch,
-            retention_s=self._config.retention_s,
+            batch_size=config.batch_size,
+            block_ms=config.block_ms,
+            send_batch=config.send_batch,
+            retention_s=config.retention_s,
+            customers=config.customers,
+            setup_retry_max_s=config.setup_retry_max_s,
         )
         self._stop = asyncio.Event()
         self._event_loop = asyncio.get_running_loop()
@@ -266,7 +288,13 @@ class MeterAggregator:
             return {"shard": self._shard, "running": False}
         future = asyncio.run_coroutine_threadsafe(loop.ledger.health(), event_loop)
         health = future.result(timeout=5)
-        return {**health, "running": True, "folded": loop.folded, "delivered": loop.delivered}
+        return {
+            **health,
+            "running": True,
+            "folded": loop.folded,
+            "delivered": loop.delivered,
+            "stripe_setup": loop.setup.status.to_dict(),
+        }
 
     def stop(self) -> None:
         if self._stop is not None and self._event_loop is not None:

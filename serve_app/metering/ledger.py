@@ -19,6 +19,8 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
     rtcts:agg:{s<i>}:synced      totals delivered per "customer|event"
     rtcts:agg:{s<i>}:dead        windows Stripe refused for good (identifier -> entry|reason)
     rtcts:agg:{s<i>}:bad_meters  stream entries that are not batches (entry id -> summary)
+    rtcts:agg:{s<i>}:status      what the running aggregator says of itself (name -> JSON),
+                                 e.g. `stripe_setup`: shown by `health()`
 
 Guarantees of each step, if the process dies right after it:
 - `fold`: the batch is folded and acknowledged, or neither (one Lua script);
@@ -37,6 +39,7 @@ days of its range, and a day past retention leaves Redis on its own.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -357,15 +360,21 @@ class MeterLedger:
         values = await self._client.hmget(self.keys.tenants, [f"{tenant_id}|{f}" for f in fields])
         return {f: int(v or 0) for f, v in zip(fields, values, strict=True)}
 
+    async def set_status(self, name: str, value: dict[str, Any]) -> None:
+        """Publish a part of the aggregator's state for `health()` readers (the admin
+        endpoint reads Redis, not the actor)."""
+        await self._client.hset(self.keys.name("status"), name, json.dumps(value))
+
     async def health(self) -> dict[str, Any]:
         k = self.keys
         outbox = await self.outbox()
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.hlen(k.dead)
             pipe.hlen(k.open)
+            pipe.hget(k.name("status"), "stripe_setup")
             pipe.xpending(k.stream, GROUP)
-            dead, open_windows, pending = await pipe.execute()
-        return {
+            dead, open_windows, setup, pending = await pipe.execute()
+        health: dict[str, Any] = {
             "shard": k.shard,
             "open_windows": int(open_windows),
             "outbox": len(outbox),
@@ -373,6 +382,9 @@ class MeterLedger:
             "dead_letters": int(dead),
             "stream_pending": int(pending.get("pending", 0)) if isinstance(pending, dict) else 0,
         }
+        if setup is not None:  # published by a running aggregator (`sink_setup.py`)
+            health["stripe_setup"] = json.loads(setup)
+        return health
 
 
 def _stream_id(value: Any) -> tuple[int, int]:
