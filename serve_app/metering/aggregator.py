@@ -6,7 +6,11 @@ steps of `ledger.py`; the actor only hosts it in a thread of its own, so that a 
 (Ray restarts it forever, `max_restarts=-1`) resumes it from `__init__` with no call from
 outside. Everything it knows lives in Redis: killed at any moment, it re-reads its
 pending stream entries and resends its outbox with the same identifiers, so nothing is
-lost or counted twice (Stripe dedups identifiers for at least 24 hours).
+lost or counted twice (Stripe dedups identifiers for at least 24 hours; an entry first
+sent longer ago than the resend horizon is reconciled with Stripe instead of resent:
+`outbox_horizon.py`). A Stripe set-up problem never stops folding and closing: only
+sending waits (`sink_setup.py`). A redeploy with another configuration replaces the
+actors (`ensure_aggregators`); identifiers change with it (`windows.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 import ray
 
 from serve_app.metering.ledger import MeterLedger
+from serve_app.metering.outbox_horizon import HorizonCheck, Verdict, past_horizon
 from serve_app.metering.sink_setup import SetupStatus, SinkSetup
 from serve_app.metering.stripe_errors import backoff_s
 from serve_app.metering.stripe_sink import LOCAL_TEST_KEY, StripeSink
@@ -105,9 +110,12 @@ class AggregatorLoop:
         rng: random.Random | None = None,
         customers: Sequence[tuple[str, str]] = (),
         setup_retry_max_s: float = 300.0,
+        peers: Sequence[MeterLedger] = (),
     ) -> None:
         """`customers` ((Stripe customer id, tenant id) pairs) are checked, with the
-        meters, by the sink's set-up before anything is sent (`sink_setup.py`)."""
+        meters, by the sink's set-up before anything is sent (`sink_setup.py`). `peers`:
+        the other shards' ledgers, read when an entry past the resend horizon is
+        reconciled (`outbox_horizon.py`). `wall` dates first send attempts."""
         self.ledger = ledger
         self.sink = sink
         self.setup = SinkSetup(
@@ -118,6 +126,7 @@ class AggregatorLoop:
             clock=clock,
             wall=wall,
         )
+        self._horizon = HorizonCheck(ledger, sink, peers)
         self._published: SetupStatus | None = None
         """The set-up status last written to Redis (for the billing health)."""
         self.consumer = consumer
@@ -162,23 +171,49 @@ class AggregatorLoop:
         return len(entries)
 
     async def deliver(self) -> None:
+        """Send what is due; entries first sent longer ago than the resend horizon are
+        reconciled with Stripe instead (`outbox_horizon.py`)."""
         if self.sink is None:
             return  # no Stripe configured: windows wait in the outbox (visible in health)
         status = self.setup.status
         if status.hold_all:
             return  # set-up not done: everything waits (visible in health)
         now = self._clock()
+        wall = self._wall()
+        firsts = await self.ledger.first_attempts()
         due = [
             e
             for e in await self.ledger.outbox()
             if self._retry.get(e.identifier, (0, 0.0))[1] <= now
             and not status.holds(e.stripe_customer_id)
         ]
+        expired = [e for e in due if past_horizon(firsts.get(e.identifier), wall)]
+        if expired:
+            await self._past_horizon(expired, firsts, wall)
+            gone = {e.identifier for e in expired}
+            due = [e for e in due if e.identifier not in gone]
         for start in range(0, len(due), self.send_batch):
             chunk = due[start : start + self.send_batch]
+            # On record before it is sent: the horizon counts from the first attempt.
+            await self.ledger.record_attempts(chunk, wall)
             results = await self.sink.send(chunk)
             for entry, result in zip(chunk, results, strict=True):
                 await self._settle(entry, result)
+
+    async def _past_horizon(
+        self, expired: list[OutboxEntry], firsts: dict[str, int], wall: float
+    ) -> None:
+        outcomes = await self._horizon.settle(expired, firsts, wall)
+        for entry in expired:
+            verdict = outcomes[entry.identifier].verdict
+            if verdict is Verdict.WAIT:
+                self._backoff(entry)
+                continue
+            self._retry.pop(entry.identifier, None)
+            if verdict is Verdict.DELIVERED:
+                self.delivered += 1
+            elif verdict is Verdict.REISSUE:
+                self._outbox_ready = True  # renamed: sent afresh next round
 
     async def _settle(self, entry: OutboxEntry, result: SendResult) -> None:
         if result.status is SendStatus.DELIVERED:
@@ -190,11 +225,11 @@ class AggregatorLoop:
             await self.ledger.dead_letter(entry, result.detail)
             self._retry.pop(entry.identifier, None)
         else:
-            attempts = self._retry.get(entry.identifier, (0, 0.0))[0] + 1
-            self._retry[entry.identifier] = (
-                attempts,
-                self._clock() + backoff_s(attempts, self._rng),
-            )
+            self._backoff(entry)
+
+    def _backoff(self, entry: OutboxEntry) -> None:
+        attempts = self._retry.get(entry.identifier, (0, 0.0))[0] + 1
+        self._retry[entry.identifier] = (attempts, self._clock() + backoff_s(attempts, self._rng))
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.ledger.ensure_group()
@@ -270,6 +305,18 @@ class MeterAggregator:
             retention_s=config.retention_s,
             customers=config.customers,
             setup_retry_max_s=config.setup_retry_max_s,
+            peers=[
+                MeterLedger(
+                    client,
+                    shard,
+                    window_s=config.window_s,
+                    grace_s=config.grace_s,
+                    shards=config.shards,
+                    instance=config.instance,
+                )
+                for shard in range(config.shards)
+                if shard != self._shard
+            ],
         )
         self._stop = asyncio.Event()
         self._event_loop = asyncio.get_running_loop()

@@ -8,7 +8,10 @@ so they are named together and derived from each other, never repeated as litera
     RECONCILE_HORIZON_S   how far back reconciliation compares with Stripe (Stripe takes
                           meter event timestamps only 35 days back);
     SENT_RETENTION_S      delivered windows (the local ledger, entry by entry) are kept
-                          this long past their day, then expire in Redis.
+                          this long past their day, then expire in Redis;
+    STRIPE_IDENTIFIER_MEMORY_S  Stripe dedups a meter event identifier about this long;
+    RESEND_HORIZON_S      an outbox entry first sent longer ago is reconciled with Stripe
+                          before it is sent again (`outbox_horizon.py`), never resent blind.
 """
 
 from __future__ import annotations
@@ -35,3 +38,14 @@ RECONCILE_HORIZON_S: Final = 35 * DAY_S
 SENT_RETENTION_S: Final = RECONCILE_HORIZON_S + 5 * DAY_S
 """Delivered windows are kept this long after the end of their day (UTC): every window
 reconciliation can ask about, with days to spare."""
+
+STRIPE_IDENTIFIER_MEMORY_S: Final = DAY_S
+"""Stripe dedups a meter event's identifier "for at least 24 hours"; past that a resend
+of the same identifier may be recorded again."""
+
+RESEND_HORIZON_S: Final = STRIPE_IDENTIFIER_MEMORY_S - 4 * 3600
+"""An outbox entry whose first send attempt is older than this (20 h) is compared with
+Stripe's event summaries before any resend. The first attempt bounds every landing from
+below, so Stripe still remembers any landed copy until at least 24 h after it; the 4 h
+margin covers clock differences between the aggregator and Stripe, and sends still in
+flight when the horizon passes."""

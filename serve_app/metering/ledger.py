@@ -10,6 +10,8 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
     rtcts:agg:{s<i>}:customers   tenant -> Stripe customer
     rtcts:agg:{s<i>}:tenants     per-tenant totals ("tenant|billed|credited|meters|failed")
     rtcts:agg:{s<i>}:outbox      closed windows not yet delivered (identifier -> entry)
+    rtcts:agg:{s<i>}:attempts    first send attempt of each outbox entry (identifier ->
+                                 Unix seconds): the clock of the resend horizon
     rtcts:agg:{s<i>}:sent:<day>  delivered windows whose start is in that UTC day
                                  (identifier -> entry): the local ledger, entry by entry;
                                  each day's hash expires `SENT_RETENTION_S` after the day
@@ -25,7 +27,10 @@ Keys (hash tag `{s<i>}` = the shard's stream tag, so every script touches one sl
 Guarantees of each step, if the process dies right after it:
 - `fold`: the batch is folded and acknowledged, or neither (one Lua script);
 - `close_due`: each due window is in the outbox and the ledger, or still open;
-- `mark_delivered` / `dead_letter`: the entry moved, in one MULTI/EXEC;
+- `record_attempts`: each entry's first attempt is on record before it is sent (a
+  later attempt never moves it);
+- `mark_delivered` / `dead_letter` / `reissue`: the entry moved (or renamed), with its
+  attempt record, in one MULTI/EXEC;
 - `trim`: only entries already folded and acknowledged go, never an unread or pending one;
 - `ensure_group` (start-up): warns when Redis may evict keys (`redis_checks.py`), and
   moves records of the older single `sent` hash into day hashes, one MULTI/EXEC per
@@ -40,7 +45,8 @@ days of its range, and a day past retention leaves Redis on its own.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -316,10 +322,39 @@ class MeterLedger:
             (parse_entry(_text(i), v) for i, v in raw.items()), key=lambda e: e.window_start
         )
 
+    async def record_attempts(self, entries: Sequence[OutboxEntry], now_s: float) -> None:
+        """Record `now_s` as the first send attempt of each entry that has none yet (call
+        it before sending: a record never postdates a send)."""
+        if not entries:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                pipe.hsetnx(self.keys.name("attempts"), entry.identifier, int(now_s))
+            await pipe.execute()
+
+    async def first_attempts(self) -> dict[str, int]:
+        """identifier -> the first send attempt (Unix seconds) of outbox entries."""
+        raw = await self._client.hgetall(self.keys.name("attempts"))
+        return {_text(i): int(v) for i, v in raw.items()}
+
+    async def reissue(self, entry: OutboxEntry, identifier: str) -> OutboxEntry:
+        """Rename an outbox entry (same window, same value) to `identifier`, with no
+        attempt on record: the way to resend a window Stripe has not recorded once its
+        old identifier may be forgotten (`outbox_horizon.py`). One MULTI/EXEC."""
+        k = self.keys
+        renamed = replace(entry, identifier=identifier)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hdel(k.outbox, entry.identifier)
+            pipe.hdel(k.name("attempts"), entry.identifier)
+            pipe.hset(k.outbox, identifier, _encode(renamed))
+            await pipe.execute()
+        return renamed
+
     async def mark_delivered(self, entry: OutboxEntry) -> None:
         k = self.keys
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hdel(k.outbox, entry.identifier)
+            pipe.hdel(k.name("attempts"), entry.identifier)
             day = k.sent_day(entry.window_start // DAY_S)
             pipe.hset(day, entry.identifier, _encode(entry))
             # Past retention (or already past it, for a window delivered very late) the
@@ -332,6 +367,7 @@ class MeterLedger:
         k = self.keys
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.hdel(k.outbox, entry.identifier)
+            pipe.hdel(k.name("attempts"), entry.identifier)
             pipe.hset(k.dead, entry.identifier, f"{_encode(entry)}|{reason}")
             await pipe.execute()
 

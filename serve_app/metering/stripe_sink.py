@@ -47,10 +47,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal, cast
 
 import stripe
 
+from serve_app.metering.reconcile import stripe_totals
 from serve_app.metering.stripe_errors import classify
 from serve_app.metering.stripe_setup import (
     CUSTOMER_PAYLOAD_KEY,
@@ -350,6 +352,18 @@ class StripeSink:
             expires = datetime.fromisoformat(str(created.expires_at).replace("Z", "+00:00"))
             self._session = _Session(created.authentication_token, int(expires.timestamp()))
             return self._session.token
+
+    # -- reading back -------------------------------------------------------------------
+
+    async def stripe_totals(
+        self, pairs: Iterable[tuple[str, str]], *, start_time: int, end_time: int
+    ) -> tuple[dict[tuple[str, str], Decimal], dict[tuple[str, str], str]]:
+        """Stripe's aggregated value per (customer, event name) over `[start_time,
+        end_time)` (minute-aligned), from its event summaries, and the pairs it could not
+        answer with why (`reconcile.stripe_totals`; texts never hold the key)."""
+        return await stripe_totals(
+            self._client, pairs, start_time=start_time, end_time=end_time, secret=self._secret
+        )
 
     # -- start-up -----------------------------------------------------------------------
 

@@ -28,8 +28,11 @@ METER_EVENTS = (METER_EVENT_BILLED, METER_EVENT_TOKENS)
 class OutboxEntry:
     """One closed window, frozen, ready to send to Stripe as one meter event.
 
-    `identifier` is deterministic: derived from (tenant, meter, window start, version),
-    so every retry, from any process, sends the same identifier and idempotency key.
+    `identifier` is deterministic: derived from every parameter of the window (tenant,
+    meter, start, length, grace, app instance, shard layout, version: `windows.py`) and
+    frozen at close, so every retry, from any process, sends the same identifier and
+    idempotency key; it is renamed only past the resend horizon, for a window Stripe
+    was found not to have (`outbox_horizon.py`).
     """
 
     identifier: str

@@ -131,3 +131,11 @@ def window_identifier(window: OpenWindow, layout: Layout) -> str:
         grace_s=window.grace_s,
         layout=layout,
     )
+
+
+def reissued(old_identifier: str, start_s: int) -> str:
+    """A new identifier for a window already issued as `old_identifier` (deterministic:
+    every process renames it the same way). Used only for a window Stripe was found not
+    to have once the old identifier may be forgotten (`outbox_horizon.py`)."""
+    digest = hashlib.sha256(f"reissued|{old_identifier}".encode()).hexdigest()
+    return f"rtcts_{start_s}_{digest[:40]}"
