@@ -27,11 +27,14 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from serve_app.errors import ClientDisconnected, PayloadTooLarge
 from serve_app.ingress import errors
 from serve_app.ingress.protocol import ChatCompletionRequest
+
+DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
+"""The most of an oversized streamed body read and dropped before its 413."""
 
 Route = Callable[[Scope, Receive], Awaitable[Response]]
 """A priced route: the request's scope and `receive`, returning the answer to send."""
@@ -65,7 +68,10 @@ def content_length(scope: Scope) -> int | None:
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
     """The whole request body, at most `max_bytes` (413 beyond: `PayloadTooLarge`).
 
-    Raises ClientDisconnected when the client disconnects first."""
+    Raises ClientDisconnected when the client disconnects first. A body that streams in
+    past the limit (no Content-Length) is read on and dropped, up to `DRAIN_LIMIT_BYTES`,
+    before the 413: a proxy in front (HAProxy on the public port) passes an answer on
+    only once the upload it is forwarding has ended."""
     declared = content_length(scope)
     if declared is not None and declared > max_bytes:
         raise PayloadTooLarge(max_bytes)
@@ -78,10 +84,22 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
+            await _drain(receive, message, DRAIN_LIMIT_BYTES)
             raise PayloadTooLarge(max_bytes)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _drain(receive: Receive, message: Message, limit_bytes: int) -> None:
+    """Read and drop the rest of a body, at most `limit_bytes` more (the 413 closes the
+    connection anyway, so a longer upload is cut there)."""
+    dropped = 0
+    while message.get("more_body", False) and dropped <= limit_bytes:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        dropped += len(message.get("body", b""))
 
 
 async def read_chat_body(scope: Scope, receive: Receive, max_bytes: int) -> ChatCompletionRequest:

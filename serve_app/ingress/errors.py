@@ -26,6 +26,10 @@ Messages never carry internal detail: errors the client cannot act on become a g
     no_capacity()                503    server_error           no_capacity
     admission_unavailable()      503    server_error           admission_unavailable
     request validation           400    invalid_request_error  None or unsupported_parameter
+
+The public port's HAProxy answers in the same shape when no ingress replica does
+(`serve_app/local/public_port.py`): 502 `bad_gateway`, 503 `service_unavailable`,
+504 `gateway_timeout`, and 413 `payload_too_large` for a declared oversized body.
 """
 
 from __future__ import annotations

@@ -146,3 +146,19 @@ def test_headers_of_takes_the_first_value_of_each_name() -> None:
 def test_content_length(value: str, expected: int | None) -> None:
     assert content_length({"headers": [(b"content-length", value.encode())]}) == expected
     assert content_length({"headers": []}) is None
+
+
+def test_an_oversized_streamed_body_is_read_to_its_end_before_the_413() -> None:
+    """A proxy in front passes the 413 on only once the upload has ended."""
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"123", "more_body": True},
+        {"type": "http.request", "body": b"456", "more_body": True},
+        {"type": "http.request", "body": b"789", "more_body": False},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(read_body(scope_of("POST", "/"), receive, 4))
+    assert messages == []  # everything was read
