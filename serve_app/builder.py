@@ -197,6 +197,9 @@ def ingress_args(app_args: AppArgs, loaded: LoadedPolicy, settings: Settings) ->
         redis_timeout_s=app_args.redis_timeout_s,
         billing=billing,
         ingress_replicas=app_args.ingress_replicas,
+        policy_path=None
+        if app_args.policy_path is None
+        else str(Path(app_args.policy_path).resolve()),
     )
 
 

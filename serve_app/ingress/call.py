@@ -9,11 +9,12 @@ headers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.models.backend import Completion, GenerationRequest
 from serve_app.policy import Tenant
-from serve_app.pricing import Decision, PriceRequest
+from serve_app.pricing import Decision, PlanTerms, PriceRequest
 from serve_app.pricing.billing import Bill
 from serve_app.pricing.types import CandidateQuote
 
@@ -33,6 +34,10 @@ class ChatCall:
     tenant: Tenant
     body: ChatCompletionRequest
     decision: Decision
+    plan: PlanTerms
+    """The plan's terms the decision was made under (billed at them, even after a reload)."""
+    credit: Fraction
+    """The plan's SLA credit fraction, of the same policy version."""
     request_id: str
     """Made by the server: the admission member, settle key and meter's request id."""
     generation: GenerationRequest

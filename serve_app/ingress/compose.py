@@ -10,16 +10,17 @@ read here: the builder reads `Settings` once and passes what is needed in `Ingre
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from fractions import Fraction
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from serve_app.admission import AdmissionGate, AdmissionLimits, RedisAdmission
+from serve_app.admission import AdmissionGate, RedisAdmission
 from serve_app.admission.gate import DEFAULT_TIMEOUT_S
 from serve_app.admission.lifetime import reservation_ttl_s
 from serve_app.cluster.reports import ReplicaReport
@@ -28,6 +29,8 @@ from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
 from serve_app.ingress.history import OutputHistory
 from serve_app.ingress.margins import MarginWindows
+from serve_app.ingress.policy_view import PolicyView
+from serve_app.ingress.reload import RELOAD_PERIOD_S, PolicyReloader
 from serve_app.ingress.service import ChatService, ModelHandle
 from serve_app.ingress.settlement import Settlement
 from serve_app.ingress.views import Views
@@ -37,9 +40,10 @@ from serve_app.metering.stream import MeterStreamWriter
 from serve_app.metering.stripe_sink import StripeSink
 from serve_app.metering.view import BillingView
 from serve_app.policy import LoadedPolicy, load_policy_dict
-from serve_app.pricing import ClusterSnapshot, PriceBook
-from serve_app.pricing.book import usd_to_micro
+from serve_app.pricing import ClusterSnapshot
 from serve_app.telemetry import Metrics
+
+logger = logging.getLogger("rtcts.ingress")
 
 REDIS_CONNECTIONS = 64
 """Redis connections per ingress replica (admission and billing views)."""
@@ -81,6 +85,11 @@ class IngressArgs(BaseModel):
         default=DEFAULT_TIMEOUT_S, gt=0, description="Longest wait on Redis per request."
     )
     billing: BillingArgs | None = Field(default=None, description="None: meters stay in memory.")
+    policy_path: str | None = Field(
+        default=None,
+        description="The policy file, watched for changes (hot reload) when the replica "
+        "can read it; None: the policy given is final.",
+    )
     ingress_replicas: int = Field(
         default=1,
         ge=1,
@@ -133,13 +142,28 @@ class IngressParts:
     """Where meters go: the stream writer with Redis, else an in-memory sink."""
     writer: MeterStreamWriter | None
     billing: BillingArgs | None
+    reloader: PolicyReloader | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
         self.state.start()
         if self.writer is not None:
             self.writer.start()
+        if self.reloader is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._watch()))
+
+    async def _watch(self) -> None:
+        assert self.reloader is not None
+        while True:
+            await asyncio.sleep(RELOAD_PERIOD_S)
+            try:
+                self.reloader.check()
+            except Exception:  # a reload bug must not stop the watch (or the replica)
+                logger.exception("policy reload check failed")
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         await self.state.stop()
         if self.writer is not None:
             await self.writer.stop()  # flushes every buffered meter (or spools it)
@@ -150,23 +174,13 @@ class IngressParts:
         return stripe_sink_for(billing.stripe_api_base, billing.stripe_key())
 
 
-def plan_limits(policy: LoadedPolicy) -> dict[str, AdmissionLimits]:
-    return {
-        p.id: AdmissionLimits(
-            p.limits.requests_per_minute,
-            p.limits.tokens_per_minute,
-            usd_to_micro(p.limits.monthly_budget_usd),
-        )
-        for p in policy.policy.plans
-    }
-
-
 def compose(
     args: IngressArgs, handles: Mapping[str, ModelHandle], platform: Platform
 ) -> IngressParts:
     """Build one ingress replica from its arguments (nothing started: `parts.start()`)."""
     loaded = load_policy_dict(args.policy, source=args.policy_source)
-    book = PriceBook.from_policy(loaded.policy, loaded.version)
+    view = PolicyView.of(loaded)
+    book = view.book
     metrics = platform.metrics
     windows = MarginWindows(
         {m.id: m.usd_per_s for m in book.models.values()}, share=1 / args.ingress_replicas
@@ -237,19 +251,18 @@ def compose(
                     customers=tuple((t.stripe_customer_id, t.id) for t in loaded.policy.tenants),
                 )
             )
-    limits = plan_limits(loaded)
     history = OutputHistory()
-    settlement = Settlement(
-        book,
-        {p.id: Fraction(p.sla.credit_fraction) for p in loaded.policy.plans},
-        sink,
-        metrics,
-        history,
-        admission,
-        windows,
-    )
-    service = ChatService(
-        loaded, book, state, handles, settlement, history, metrics, limits, admission, windows
-    )
-    views = Views(loaded, book, state, limits, admission, billing_view)
-    return IngressParts(service, views, state, sink, writer, args.billing)
+    settlement = Settlement(sink, metrics, history, admission, windows)
+    service = ChatService(view, state, handles, settlement, history, metrics, admission, windows)
+    views = Views(loaded, book, state, view.limits, admission, billing_view)
+
+    def apply(new: LoadedPolicy) -> None:
+        """A reloaded policy: new requests decide on it (model deployments unchanged)."""
+        new_view = PolicyView.of(new)
+        service.swap(new_view)
+        views.swap(new_view)
+
+    reloader = None
+    if args.policy_path is not None and Path(args.policy_path).is_file():
+        reloader = PolicyReloader(Path(args.policy_path), loaded, apply)
+    return IngressParts(service, views, state, sink, writer, args.billing, reloader)

@@ -30,7 +30,6 @@ from serve_app.errors import (
     RateLimited,
     Unauthorized,
 )
-from serve_app.ingress.auth import TenantDirectory
 from serve_app.ingress.call import (
     ChatCall,
     ChatResult,
@@ -44,6 +43,7 @@ from serve_app.ingress.call import (
 )
 from serve_app.ingress.history import OutputHistory
 from serve_app.ingress.margins import MarginWindows
+from serve_app.ingress.policy_view import PolicyView
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.ingress.pump import DeltaPump
 from serve_app.ingress.settlement import Settlement
@@ -65,26 +65,23 @@ class ModelHandle(Protocol):
 
 
 class ChatService:
-    """Everything the ingress does per priced request, for one policy version."""
+    """Everything the ingress does per priced request, on the current policy version
+    (`swap` replaces it: a request reads the version once, at its decision)."""
 
     def __init__(
         self,
-        policy: LoadedPolicy,
-        book: PriceBook,
+        view: PolicyView,
         state: ClusterState,
         handles: Mapping[str, ModelHandle],
         settlement: Settlement,
         history: OutputHistory,
         metrics: Metrics,
-        limits: Mapping[str, AdmissionLimits],
         admission: AdmissionGate | None = None,
         windows: MarginWindows | None = None,
     ) -> None:
-        self.policy = policy
+        self._view = view
         self._windows = windows
-        self.book = book
         self.state = state
-        self.tenants = TenantDirectory(policy.policy.tenants)
         # Handle options made once: `options()` builds a new handle on every call.
         self._generate_handles = {m: h.options(method_name="generate") for m, h in handles.items()}
         self._stream_handles = {
@@ -93,15 +90,23 @@ class ChatService:
         self._settlement = settlement
         self._history = history
         self._metrics = metrics
-        self._limits = limits
-        self._fail_open = {
-            p.id: p.limits.on_redis_outage == "fail_open" for p in policy.policy.plans
-        }
-        self._quotes_per_minute = {
-            p.id: p.limits.quotes_per_minute or p.limits.requests_per_minute
-            for p in policy.policy.plans
-        }
         self._admission = admission
+
+    def swap(self, view: PolicyView) -> None:
+        """Serve new requests on `view`; requests already decided keep their terms."""
+        self._view = view
+
+    @property
+    def view(self) -> PolicyView:
+        return self._view
+
+    @property
+    def policy(self) -> LoadedPolicy:
+        return self._view.loaded
+
+    @property
+    def book(self) -> PriceBook:
+        return self._view.book
 
     # ------------------------------------------------------------------ auth, price
 
@@ -111,13 +116,14 @@ class ChatService:
         `RateLimited` when over; nothing is reserved."""
         if self._admission is None:
             return
-        limits = self._limits[tenant.plan]
-        per_minute = self._quotes_per_minute[tenant.plan]
+        view = self._view
+        limits = view.limits[tenant.plan]
+        per_minute = view.quotes_per_minute[tenant.plan]
         ticket = Ticket(tenant.id, uuid.uuid4().hex, 0, 0, reserve=False, window="quote")
         result = await self._admission.admit(
             ticket,
             AdmissionLimits(per_minute, limits.tokens_per_minute, limits.monthly_budget_micro),
-            fail_open=self._fail_open[tenant.plan],
+            fail_open=view.fail_open[tenant.plan],
         )
         if isinstance(result, Admitted) and result.output_history:
             self._history.adopt(tenant.id, result.output_history)
@@ -125,13 +131,16 @@ class ChatService:
             raise RateLimited(result.code.value, result.retry_after_s)
 
     def authenticate(self, authorization: str | None) -> Tenant:
-        tenant = self.tenants.authenticate(authorization)
+        tenant = self._view.tenants.authenticate(authorization)
         if tenant is None:
             raise Unauthorized("Invalid API key")
         return tenant
 
-    def quote(self, tenant: Tenant, body: ChatCompletionRequest) -> Quoted:
+    def quote(
+        self, tenant: Tenant, body: ChatCompletionRequest, view: PolicyView | None = None
+    ) -> Quoted:
         """The decision for this request now: the same pure function chat uses."""
+        book = (view or self._view).book
         request = PriceRequest(
             model=body.model,
             input_tokens=count_chat_tokens(body.to_messages()),
@@ -141,7 +150,7 @@ class ChatService:
         )
         windows = None if self._windows is None else self._windows.margins()
         snapshot = self.state.snapshot()
-        return Quoted(request, decide(request, self.book, tenant.plan, snapshot, windows=windows))
+        return Quoted(request, decide(request, book, tenant.plan, snapshot, windows=windows))
 
     # ------------------------------------------------------------------ chat
 
@@ -161,15 +170,17 @@ class ChatService:
         queue and cold start included, is measured from there."""
         arrived_s = time.monotonic() if arrived_s is None else arrived_s
         request_id = uuid.uuid4().hex
-        quoted = self._traced_quote(tenant, body, request_id)
+        view = self._view  # one policy version from this decision to the bill
+        quoted = self._traced_quote(tenant, body, request_id, view)
         decision = quoted.decision
         self._metrics.decision(
             decision.model_id or body.model, decision.action.value, decision.reason.value
         )
         if decision.model_id is None or decision.chosen is None:
-            await self._admit(tenant, request_id, decision, None, 0)
+            await self._admit(tenant, request_id, decision, None, 0, view)
             raise refusal(decision)
-        model = self.book.models[decision.model_id]
+        model = view.book.models[decision.model_id]
+        plan = view.book.plans[tenant.plan]
         output_cap = min(
             body.output_cap() or model.max_output_tokens,
             model.max_output_tokens,
@@ -178,16 +189,17 @@ class ChatService:
         cap_micro = body.price_cap_micro()
         if cap_micro is not None:
             # The cap bounds the worst case: generation stops where the cap is spent.
-            plan = self.book.plans[tenant.plan]
             output_cap = min(output_cap, output_tokens_within(decision, plan, cap_micro))
             if output_cap < 1:
                 raise PriceCapExceeded(decision.price_micro, cap_micro)
         chosen = decision.chosen
-        await self._admit(tenant, request_id, decision, cap_micro, output_cap)
+        await self._admit(tenant, request_id, decision, cap_micro, output_cap, view)
         return ChatCall(
             tenant=tenant,
             body=body,
             decision=decision,
+            plan=plan,
+            credit=view.credits[tenant.plan],
             request_id=request_id,
             generation=GenerationRequest(
                 request_id=request_id,
@@ -205,11 +217,13 @@ class ChatService:
             client_request_id=client_request_id,
         )
 
-    def _traced_quote(self, tenant: Tenant, body: ChatCompletionRequest, request_id: str) -> Quoted:
+    def _traced_quote(
+        self, tenant: Tenant, body: ChatCompletionRequest, request_id: str, view: PolicyView
+    ) -> Quoted:
         if not tracing():  # no tracer provider: skip the (no-op) span's own cost
-            return self.quote(tenant, body)
+            return self.quote(tenant, body, view)
         with tracer.start_as_current_span("rtcts.decide") as span:
-            quoted = self.quote(tenant, body)
+            quoted = self.quote(tenant, body, view)
             decision = quoted.decision
             span.set_attributes(
                 span_attributes(
@@ -322,6 +336,7 @@ class ChatService:
         decision: Decision,
         cap_micro: int | None,
         output_cap: int,
+        view: PolicyView,
     ) -> None:
         """One Redis round trip: count the request; when it will be served, reserve its
         worst case (prompt plus every output token it may generate, and its worst-case
@@ -339,7 +354,7 @@ class ChatService:
             reserve=chosen is not None,
         )
         result = await self._admission.admit(
-            ticket, self._limits[tenant.plan], fail_open=self._fail_open[tenant.plan]
+            ticket, view.limits[tenant.plan], fail_open=view.fail_open[tenant.plan]
         )
         if isinstance(result, Admitted) and result.output_history:
             # Every replica's view of the tenant's outputs: the next quote, here or on

@@ -16,15 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from fractions import Fraction
 
 from serve_app.admission import AdmissionGate
 from serve_app.ingress.call import ChatCall, Served
 from serve_app.ingress.history import OutputHistory
 from serve_app.ingress.margins import MarginWindows
 from serve_app.metering.meter import Meter, MeterSink, new_meter_id
-from serve_app.pricing import PriceBook
 from serve_app.pricing.billing import Bill, bill
 from serve_app.telemetry import Metrics
 
@@ -41,16 +38,12 @@ class Settlement:
 
     def __init__(
         self,
-        book: PriceBook,
-        credits: Mapping[str, Fraction],
         sink: MeterSink,
         metrics: Metrics,
         history: OutputHistory,
         admission: AdmissionGate | None,
         windows: MarginWindows | None = None,
     ) -> None:
-        self._book = book
-        self._credit = credits
         self._sink = sink
         self._metrics = metrics
         self._history = history
@@ -76,12 +69,12 @@ class Settlement:
     def _bill(self, call: ChatCall, served: Served) -> Bill:
         return bill(
             call.decision,
-            self._book.plans[call.tenant.plan],
+            call.plan,
             input_tokens=served.input_tokens,
             output_tokens=served.output_tokens,
             ttft_s=served.ttft_s,
             tpot_s=served.tpot_s,
-            credit_fraction=self._credit[call.tenant.plan],
+            credit_fraction=call.credit,
             max_price_micro=call.body.price_cap_micro(),
         )
 

@@ -14,6 +14,7 @@ from serve_app.cluster.state import ClusterState
 from serve_app.errors import AdmissionUnavailable, Forbidden, NotFound, Unauthorized
 from serve_app.ingress.auth import TenantDirectory
 from serve_app.ingress.documents import candidate_json, usd
+from serve_app.ingress.policy_view import PolicyView
 from serve_app.ingress.protocol import ModelCard, ModelList
 from serve_app.metering.view import BillingView
 from serve_app.policy import LoadedPolicy, Tenant, hash_api_key
@@ -43,6 +44,14 @@ class Views:
         self._admission = admission
         self._billing = billing
         self._admins = frozenset(policy.policy.admin_api_key_sha256)
+
+    def swap(self, view: PolicyView) -> None:
+        """Answer from a reloaded policy version from now on."""
+        self.policy = view.loaded
+        self.book = view.book
+        self.tenants = view.tenants
+        self._limits = view.limits
+        self._admins = frozenset(view.loaded.policy.admin_api_key_sha256)
 
     # ------------------------------------------------------------------ access
 
