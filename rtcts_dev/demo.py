@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from rtcts_dev.trace import TraceRequest, compress, load_trace
+from serve_app.backtest.trace import TraceRequest, compress, load_trace
 from serve_app.errors import RtctsError
 from serve_app.models.tokens import MESSAGE_OVERHEAD_TOKENS, REPLY_PRIMING_TOKENS
 

@@ -1,10 +1,16 @@
 """What a served request is billed in the backtest, in exact integer micro-USD.
 
-`decision_bill` is `serve_app.pricing.billing.bill` (the ingress's bill) with a fast
-path: when the decision charged the plan's rates as they are and the price stays within
-the client's cap, the bill is `round_half_up(tokens × rates)` minus the SLA credit, in
-integers (no `Fraction`), which is what `bill` computes then; every other case goes
-through `bill` itself. `output_cap_tokens` is `output_tokens_within` the same way.
+`decision_bill` and `output_cap_tokens` compute what `serve_app.pricing.billing.bill`
+and `output_tokens_within` compute (the ingress's bill and output cap), in integer
+arithmetic instead of `Fraction`s (a backtest bills hundreds of thousands of requests;
+tests/unit/backtest/test_charges.py holds them equal). The decision's terms are the
+ratio `price_micro / list price of the prediction` (1 when the decision charged the
+plan's rates as they are), so the bill of the real tokens is
+
+    list = round_half_up(real_pico × price_micro / predicted_pico)   (or real_pico / 1e6)
+    list = min(list, price cap)
+    credit = round_half_up(list × credit_fraction) when the SLA was missed
+
 `card_bill` is the static card: the real tokens at the card model's rates, whatever
 model served them, with the same SLA credit.
 """
@@ -13,12 +19,13 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from serve_app.pricing.billing import bill, output_tokens_within
 from serve_app.pricing.book import PlanTerms
 from serve_app.pricing.price import PICO_PER_MICRO
 from serve_app.pricing.types import Decision
 
 _HALF = PICO_PER_MICRO // 2
+UNLIMITED_TOKENS = 1 << 31
+"""What `output_tokens_within` answers when output tokens are free."""
 
 
 def credit_micro(list_price_micro: int, fraction: Fraction) -> int:
@@ -27,8 +34,12 @@ def credit_micro(list_price_micro: int, fraction: Fraction) -> int:
     return (2 * list_price_micro * num + den) // (2 * den)
 
 
-def _sla_met(plan: PlanTerms, ttft_s: float, tpot_s: float) -> bool:
-    return ttft_s <= plan.ttft_target_s and tpot_s <= plan.tpot_target_s
+def _credited(
+    list_price: int, plan: PlanTerms, ttft_s: float, tpot_s: float, credit: Fraction
+) -> tuple[int, int, bool]:
+    met = ttft_s <= plan.ttft_target_s and tpot_s <= plan.tpot_target_s
+    taken = 0 if met else credit_micro(list_price, credit)
+    return list_price - taken, taken, met
 
 
 def card_bill(
@@ -42,38 +53,22 @@ def card_bill(
 ) -> tuple[int, int, bool]:
     """(billed, credit, SLA met) at the card `rates` (micro-USD per 1M tokens)."""
     list_price = (input_tokens * rates[0] + output_tokens * rates[1] + _HALF) // PICO_PER_MICRO
-    met = _sla_met(plan, ttft_s, tpot_s)
-    taken = 0 if met else credit_micro(list_price, credit)
-    return list_price - taken, taken, met
+    return _credited(list_price, plan, ttft_s, tpot_s, credit)
 
 
-def _list_terms(decision: Decision, plan: PlanTerms) -> tuple[int, int] | None:
-    """The served model's rates when the decision charges them as they are (its price is
-    the prediction's list price); None when it changed them (surcharge, price ceiling)."""
+def _terms(decision: Decision, plan: PlanTerms) -> tuple[int, int, int | None, int]:
+    """(input rate, output rate, price, predicted pico) of the served model; price None
+    when the decision charged the rates as they are."""
     chosen = decision.chosen
     if chosen is None:
         raise ValueError("a throttled request is not billed")
     rates = plan.rates[chosen.model_id]
     in_rate, out_rate = rates.input_micro_per_1m, rates.output_micro_per_1m
     predicted = chosen.input_tokens * in_rate + chosen.predicted_output_tokens * out_rate
-    if not predicted or decision.price_micro == (predicted + _HALF) // PICO_PER_MICRO:
-        return in_rate, out_rate
-    return None
-
-
-def output_cap_tokens(decision: Decision, plan: PlanTerms, cap_micro: int) -> int:
-    """`output_tokens_within(decision, plan, cap_micro)`, in integers when the decision
-    charges the list rates."""
-    rates = _list_terms(decision, plan)
-    if rates is None:
-        return output_tokens_within(decision, plan, cap_micro)
-    in_rate, out_rate = rates
-    chosen = decision.chosen
-    assert chosen is not None
-    left = cap_micro * PICO_PER_MICRO - chosen.input_tokens * in_rate
-    if left <= 0 or out_rate <= 0:
-        return 0 if left <= 0 else 1 << 31
-    return left // out_rate
+    price = decision.price_micro
+    if not predicted or price == (predicted + _HALF) // PICO_PER_MICRO:
+        return in_rate, out_rate, None, predicted
+    return in_rate, out_rate, price, predicted
 
 
 def decision_bill(
@@ -86,22 +81,33 @@ def decision_bill(
     credit: Fraction,
     max_price_micro: int | None = None,
 ) -> tuple[int, int, bool]:
-    """(billed, credit, SLA met) as `bill` computes them."""
-    rates = _list_terms(decision, plan)
-    if rates is not None:
-        list_price = (input_tokens * rates[0] + output_tokens * rates[1] + _HALF) // PICO_PER_MICRO
-        if max_price_micro is None or list_price <= max_price_micro:
-            met = _sla_met(plan, ttft_s, tpot_s)
-            taken = 0 if met else credit_micro(list_price, credit)
-            return list_price - taken, taken, met
-    result = bill(
-        decision,
-        plan,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        ttft_s=ttft_s,
-        tpot_s=tpot_s,
-        credit_fraction=credit,
-        max_price_micro=max_price_micro,
-    )
-    return result.billed_micro, result.credit_micro, result.sla_met
+    """(billed, credit, SLA met): `bill(...)`'s billed_micro, credit_micro, sla_met."""
+    in_rate, out_rate, price, predicted = _terms(decision, plan)
+    pico = input_tokens * in_rate + output_tokens * out_rate
+    if price is not None:
+        list_price = (2 * pico * price + predicted) // (2 * predicted)
+    else:
+        list_price = (pico + _HALF) // PICO_PER_MICRO
+    if max_price_micro is not None and list_price > max_price_micro:
+        list_price = max_price_micro
+    return _credited(list_price, plan, ttft_s, tpot_s, credit)
+
+
+def output_cap_tokens(decision: Decision, plan: PlanTerms, cap_micro: int) -> int:
+    """`output_tokens_within(decision, plan, cap_micro)`: the most output tokens whose
+    price, with the prompt, stays within the cap at the decision's terms."""
+    in_rate, out_rate, price, predicted = _terms(decision, plan)
+    chosen = decision.chosen
+    assert chosen is not None
+    if price is not None:
+        if price <= 0:
+            return 0
+        # budget = cap / terms = cap × predicted / price (pico-USD)
+        left_scaled = cap_micro * predicted - chosen.input_tokens * in_rate * price
+        if left_scaled <= 0 or out_rate <= 0:
+            return 0 if left_scaled <= 0 else UNLIMITED_TOKENS
+        return left_scaled // (price * out_rate)
+    left = cap_micro * PICO_PER_MICRO - chosen.input_tokens * in_rate
+    if left <= 0 or out_rate <= 0:
+        return 0 if left <= 0 else UNLIMITED_TOKENS
+    return left // out_rate

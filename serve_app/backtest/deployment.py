@@ -88,7 +88,7 @@ class Deployment:
     def replica_warm(self, replica: Replica, now: float) -> None:
         if replica.removed_s is not None or replica.draining:
             return
-        replica.warm = True
+        replica.became_warm()
         self._cold -= 1
         self._load = None
         self._pull(replica, now)
@@ -113,23 +113,24 @@ class Deployment:
     # -- requests --------------------------------------------------------------------------
 
     def below_concurrency_limit(self) -> bool:
-        """Fewer requests in flight than one full batch per replica (starting ones
-        included; a deployment scaled to zero counts as one replica, so the first
-        request wakes it): the limit a gateway in front of it sets."""
-        return self.ongoing < max(1, len(self.replicas)) * self.profile.max_concurrent_sequences
+        """Fewer requests in flight than a full batch on every replica its quota allows
+        (`max_replicas` × B): the static limit a gateway sets in front of it."""
+        return self.ongoing < self.bounds.max_replicas * self.profile.max_concurrent_sequences
 
     def route(self, job: Job, now: float) -> None:
         self.ongoing += 1
         self._load = None
+        if self.handle:
+            self.handle.append(job)
+            return
         best: Replica | None = None
+        least = self.max_ongoing
         for replica in self.replicas:
-            if (
-                replica.warm
-                and replica.ongoing < self.max_ongoing
-                and (best is None or replica.ongoing < best.ongoing)
-            ):
-                best = replica
-        if best is None or self.handle:
+            if replica.warm:
+                ongoing = replica.slots_used + len(replica.queue)
+                if ongoing < least:
+                    best, least = replica, ongoing
+        if best is None:
             self.handle.append(job)
             return
         best.admit(job, now)
@@ -196,15 +197,7 @@ class Deployment:
         """The pricing core's view of this model now (cached until something changes)."""
         if self._load is not None and not self._cold:
             return self._load
-        replicas = [
-            ReplicaLoad(
-                r.slots_used,
-                len(r.queue),
-                r.warm,
-                0.0 if r.warm else max(0.0, r.ready_s - now),
-            )
-            for r in self.replicas
-        ]
+        replicas = [r.view(now) for r in self.replicas]
         bounds = self.bounds
         wanted = min(
             bounds.max_replicas,

@@ -79,7 +79,8 @@ def margin(revenue_micro: int, cost_micro: int) -> float | None:
 
 @dataclass
 class Ledger:
-    """Collects one replay's events; `rows()` turns them into the minute table."""
+    """Collects one replay's events; `rows()` turns them into the minute table. Events
+    before time 0 (the warm-up) are not counted, nor replica time before it."""
 
     models: Sequence[str]
     usd_per_s: Mapping[str, float]
@@ -110,6 +111,8 @@ class Ledger:
         column[minute] += value
 
     def decided(self, now: float, action: str, model_id: str | None, fallback: bool) -> None:
+        if now < 0:  # the warm-up
+            return
         minute = int(now // 60)
         self._add(self._actions[action], minute, 1)
         if model_id is not None:
@@ -130,6 +133,8 @@ class Ledger:
         sla_met: bool,
         ttft_s: float | None,
     ) -> None:
+        if now < 0:  # the warm-up
+            return
         minute = int(now // 60)
         self._add(self._tokens[model_id], minute, tokens)
         if failed:
@@ -177,7 +182,7 @@ class Ledger:
         for model_id, spans in intervals.items():
             column = seconds[model_id]
             for start, stop in spans:
-                _spread(column, start, min(stop, end_s))
+                _spread(column, max(0.0, start), min(stop, end_s))
 
         def at(column: list[int], minute: int) -> int:
             return column[minute] if minute < len(column) else 0

@@ -110,7 +110,10 @@ class Replay:
         specs = {m.id: m for m in policy.models}
         self.usd_per_s = {m: p.usd_per_s for m, p in book.models.items()}
         self.ledger = Ledger(list(book.models), self.usd_per_s)
-        self.windows = RollingWindows(self.usd_per_s, config.margin_window_s)
+        arrivals = workload.arrivals
+        self.began = min(0.0, arrivals[0].t) if arrivals else 0.0
+        """The replay's first moment: the warm-up's first arrival, or 0."""
+        self.windows = RollingWindows(self.usd_per_s, config.margin_window_s, self.began)
         self.deployments = {
             m: Deployment(
                 profile,
@@ -154,12 +157,12 @@ class Replay:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self, progress: Callable[[int], None] | None = None) -> ReplayResult:
+        arrivals = self.workload.arrivals
         for deployment in self.deployments.values():
-            deployment.start(0.0)
+            deployment.start(self.began)
         events = self.events
         heap = events.heap
-        events.push(0.0, TICK, None)
-        arrivals = self.workload.arrivals
+        events.push(self.began, TICK, None)
         count = len(arrivals)
         arrive = self._arrive
         deployments = self.deployments
@@ -333,7 +336,7 @@ class Replay:
             policy=self.name,
             rows=rows,
             models=self.ledger.model_totals(rows, peaks),
-            requests=len(self.workload.arrivals),
+            requests=self.workload.counted,
             end_s=end_s,
             unbilled_peak_micro=self.ledger.peak_unbilled(end_s, sync),
             ttft_p50_s=_quantile(ttft, 0.50),

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from serve_app.pricing.book import ModelProfile
+from serve_app.pricing.types import ReplicaLoad
 
 PREFILL_DONE: Final = 0
 DECODE_DUE: Final = 1
@@ -121,6 +122,7 @@ class Replica:
 
     __slots__ = (
         "_tpot",
+        "_view",
         "created_s",
         "decoding",
         "done",
@@ -166,12 +168,30 @@ class Replica:
         """Tokens each decoding sequence has received since the replica began (virtual)."""
         self.v_s = now
         self.version = 0
+        self._view: ReplicaLoad | None = None
         if not warm:
             events.push(self.ready_s, REPLICA_WARM, self)
 
     @property
     def ongoing(self) -> int:
         return self.slots_used + len(self.queue)
+
+    def view(self, now: float) -> ReplicaLoad:
+        """What the replica reports: slots held, queue, warm or the start it has left
+        (kept until the replica changes; a starting one's changes with time)."""
+        view = self._view
+        if view is None or not self.warm:
+            view = self._view = ReplicaLoad(
+                self.slots_used,
+                len(self.queue),
+                self.warm,
+                0.0 if self.warm else max(0.0, self.ready_s - now),
+            )
+        return view
+
+    def became_warm(self) -> None:
+        self.warm = True
+        self._view = None
 
     @property
     def decoding_count(self) -> int:
@@ -183,6 +203,7 @@ class Replica:
     def admit(self, job: Job, now: float) -> None:
         """Take a job routed here: a slot if one is free, else the queue."""
         job.replica = self
+        self._view = None
         if self.slots_used < self.max_batch:
             self._start(job, now)
         else:
@@ -231,6 +252,7 @@ class Replica:
             self.events.push(due, DECODE_DUE, self, self.version)
 
     def _end(self, job: Job, now: float) -> None:
+        self._view = None
         self.slots_used -= 1
         if self.queue:
             self._start(self.queue.popleft(), now)

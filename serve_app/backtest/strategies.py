@@ -2,11 +2,13 @@
 
 - `static`: a rate card, as LiteLLM-style gateways run it. The request goes to the
   model it names (an alias: its first model the plan sells) at that model's list
-  price; when that model is at its concurrency limit (one full batch per replica, a
-  model scaled to zero counting as one replica, so that the first overflow wakes it)
-  the gateway falls back to the next model of equal or higher tier (an alias: its next
-  model), billed at the card price of the model asked for. It never refuses a request
-  that fits a context window, and cost is only known after the fact.
+  price; when that model is at its concurrency limit (a static setting: a full batch
+  on every replica its quota allows, `max_replicas` × B, as a gateway's
+  `max_parallel_requests`) the gateway falls back to the next model of equal or higher
+  tier (an alias: its next model) below its own limit, billed at the card price of the
+  model asked for. It never refuses a request that fits a context window; when every
+  model is at its limit, the request waits for the one asked for. Cost is only known
+  after the fact.
 - `allocated`: `serve_app.pricing.decide()` as it is, each request charged its
   allocated cost (its share of the replica time its tokens take).
 - `incremental`: `decide()` weighing the request's incremental cost, with each model's
@@ -16,8 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from serve_app.errors import ContextWindowError
 from serve_app.pricing import (
@@ -39,8 +40,9 @@ REJECTED: Final = "rejected"
 """Action of a request no model's context window fits (an error, not a refusal)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(NamedTuple):
+    """What a policy does with one request (a tuple: one per arrival)."""
+
     action: str
     """allow, reroute, surcharge, accept_below_floor, throttle or rejected."""
     model_id: str | None

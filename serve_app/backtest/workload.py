@@ -3,6 +3,9 @@
 - **Time compression**: offsets are divided by `speed` (2 = twice the arrival rate).
 - **Length**: the compressed trace is played again and again, back to back, until
   `duration_s` (a one-hour trace covers a day with `duration_s=86400`).
+- **Warm-up**: the first `warmup_s` of the compressed trace are also played just
+  before time 0 (at negative times), so that at time 0 the cluster is scaled for the
+  load it meets, as a running cluster would be; the replay counts nothing before 0.
 - **Tenants and plans**: each arrival is drawn (seeded) to a plan by the mix's
   shares, then to one of that plan's tenants; a share of the tenants (`price_cap_share`)
   send a price cap, the list price of their request's worst case (prompt plus
@@ -83,14 +86,21 @@ class WorkloadSpec:
     price_cap_share: float = 0.0
     spike: SpikeSpec | None = None
     seed: int = 0
+    warmup_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Workload:
     arrivals: Sequence[Arrival]
+    """Ordered by time; the warm-up's first, at negative times."""
     tenants: tuple[TenantSpec, ...]
     duration_s: float
     spike: SpikeSpec | None
+
+    @property
+    def counted(self) -> int:
+        """Arrivals at time 0 or later (the warm-up's are not counted)."""
+        return sum(1 for a in self.arrivals if a.t >= 0)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -157,6 +167,15 @@ def shape(trace: Sequence[TraceRequest], spec: WorkloadSpec, plans: Sequence[str
         return plan_index * per_plan + rng.randrange(per_plan)
 
     arrivals: list[Arrival] = []
+    warmup = min(max(0.0, spec.warmup_s), period)
+    for offset, request in zip(offsets, trace, strict=True):
+        if offset >= warmup:
+            break
+        arrivals.append(
+            Arrival(
+                offset - warmup, draw_tenant(), request.prompt_tokens, request.output_tokens, False
+            )
+        )
     for t, request in _looped(trace, offsets, period, 0.0, 0.0, spec.duration_s):
         arrivals.append(
             Arrival(t, draw_tenant(), request.prompt_tokens, request.output_tokens, False)
