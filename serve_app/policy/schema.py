@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_app.policy.capabilities import Capability, capabilities_of, capability_issue
 
 Identifier = Annotated[
     str,
@@ -115,6 +117,69 @@ class Autoscaling(StrictModel):
         return self
 
 
+class LLMEngineKind(str, Enum):
+    """The engine inside a Ray Serve LLM `LLMServer` replica."""
+
+    SIMULATED = "simulated"
+    VLLM = "vllm"
+
+
+class RayServeLLM(StrictModel):
+    """The `LLMConfig` fields of a `ray_serve_llm` model (autoscaling and batch: the spec's).
+
+    `engine` simulated (CPU) or vllm (GPU) is the only change between CI and production.
+    """
+
+    engine: LLMEngineKind = Field(
+        default=LLMEngineKind.SIMULATED,
+        description="'simulated': the simulated GPU model, run on CPU by the real "
+        "LLMServer through its engine_cls; 'vllm': Ray Serve LLM's vLLM engine (needs vLLM "
+        "and a GPU where replicas run, and where the app is built).",
+    )
+    model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Model name the engine serves (LLMConfig model_loading_config.model_id); "
+        "default: the rtcts model id.",
+    )
+    model_source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Where the engine loads the weights from: a Hugging Face repo id, a local "
+        "path or an s3:// / gs:// URI (model_loading_config.model_source); default: model_id.",
+    )
+    accelerator_type: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Ray accelerator type of a replica, e.g. 'L4', 'A10G', 'H100' "
+        "(LLMConfig accelerator_type, checked against Ray's list when the app is built); "
+        "the simulated engine runs on CPU whatever it says.",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments (max_model_len, tensor_parallel_size, "
+        "gpu_memory_utilization, ...); the simulated engine ignores them. max_num_seqs "
+        "must equal throughput.max_concurrent_sequences, max_model_len must hold "
+        "context_window_tokens.",
+    )
+    stream_batching_interval_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="How long LLMServer gathers streamed chunks before sending them on, ms "
+        "(LLMConfig experimental_configs); 0 sends each at once; default: Ray's (50).",
+    )
+    log_engine_metrics: bool = Field(
+        default=False,
+        description="vLLM's engine metrics through Ray's metrics port (LLMConfig "
+        "log_engine_metrics). Off, vLLM keeps them in the replica, where rtcts reads the "
+        "running and waiting requests and KV cache usage every 100 ms; on, rtcts counts "
+        "requests itself.",
+    )
+
+
 class ModelSpec(StrictModel):
     """A model rtcts can serve: its hardware cost, speed, quality and scaling."""
 
@@ -123,6 +188,10 @@ class ModelSpec(StrictModel):
     upstream_url: str | None = Field(
         default=None,
         description="Base URL of the OpenAI-compatible server (backend openai_upstream only).",
+    )
+    ray_serve_llm: RayServeLLM | None = Field(
+        default=None,
+        description="The Ray Serve LLM deployment's LLMConfig fields (backend ray_serve_llm only).",
     )
     accelerator: str = Field(
         min_length=1, description="Accelerators of one replica, for people (e.g. '1x NVIDIA L4')."
@@ -152,14 +221,52 @@ class ModelSpec(StrictModel):
     autoscaling: Autoscaling = Field(
         default_factory=Autoscaling, description="Replica bounds of the deployment."
     )
+    capabilities: list[Capability] | None = Field(
+        default=None,
+        min_length=1,
+        description="Endpoints (chat, completions, embeddings) and request features (tools, "
+        "logprobs, n, json_object, json_schema, penalties, logit_bias, images) the model "
+        "serves; unset: chat and completions with every feature (serve_app/policy/"
+        "capabilities.py). An embedding model lists [embeddings].",
+    )
+
+    @property
+    def capability_set(self) -> frozenset[Capability]:
+        """What the model serves: its `capabilities`, else its backend's default."""
+        return capabilities_of(self.backend.value, self.capabilities)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         if self.max_output_tokens > self.context_window_tokens:
             raise ValueError("max_output_tokens exceeds context_window_tokens")
+        if self.capabilities is not None and (
+            why := capability_issue(self.backend.value, self.capabilities)
+        ):
+            raise ValueError(why)
         if (self.backend is BackendKind.OPENAI_UPSTREAM) != (self.upstream_url is not None):
             raise ValueError("upstream_url is required for, and only for, backend openai_upstream")
+        if (self.backend is BackendKind.RAY_SERVE_LLM) != (self.ray_serve_llm is not None):
+            raise ValueError("ray_serve_llm is required for, and only for, backend ray_serve_llm")
+        if self.ray_serve_llm is not None:
+            self._engine_agrees(self.ray_serve_llm.engine_kwargs)
         return self
+
+    def _engine_agrees(self, engine_kwargs: dict[str, Any]) -> None:
+        """The engine's batch and context are the ones the pricing assumes."""
+        seqs = engine_kwargs.get("max_num_seqs")
+        if seqs is not None and seqs != self.throughput.max_concurrent_sequences:
+            raise ValueError(
+                f"ray_serve_llm.engine_kwargs.max_num_seqs ({seqs}) differs from "
+                f"throughput.max_concurrent_sequences ({self.throughput.max_concurrent_sequences})"
+            )
+        length = engine_kwargs.get("max_model_len")
+        if length is not None and (
+            not isinstance(length, int) or length < self.context_window_tokens
+        ):
+            raise ValueError(
+                f"ray_serve_llm.engine_kwargs.max_model_len ({length}) is below "
+                f"context_window_tokens ({self.context_window_tokens})"
+            )
 
 
 class PriceCard(StrictModel):
@@ -173,6 +280,14 @@ class PriceCard(StrictModel):
         if self.input_usd_per_1m_tokens == 0 and self.output_usd_per_1m_tokens == 0:
             raise ValueError("a price card must charge for input or output tokens")
         return self
+
+
+class EmbeddingPriceCard(StrictModel):
+    """What a plan charges for embeddings of a model: per input token (no output)."""
+
+    input_usd_per_1m_tokens: UsdAmount = Field(
+        gt=0, description="Price of 1M input tokens embedded, USD."
+    )
 
 
 class Sla(StrictModel):
@@ -221,6 +336,11 @@ class Plan(StrictModel):
     )
     prices_by_tier: dict[int, PriceCard] = Field(
         default_factory=dict, description="Price card per quality tier, for models not listed."
+    )
+    embedding_prices_by_model: dict[str, EmbeddingPriceCard] = Field(
+        default_factory=dict,
+        description="Embedding price per model id (models with the embeddings capability); "
+        "a model without one is not sold for embeddings on this plan.",
     )
     margin_floor: float = Field(
         default=0.35,
