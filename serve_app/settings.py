@@ -127,3 +127,15 @@ class Settings(BaseModel):
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
             )
             raise SettingsError(f"invalid settings: {problems}") from None
+
+
+OTEL_PREFIX = "OTEL_"
+
+
+def otel_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The standard OpenTelemetry variables (`OTEL_*`) of the process, read here like
+    every other variable: `telemetry.configure_tracing` decides from them whether to
+    export traces, and the OTel SDK reads the same variables for the details. They are
+    not rtcts settings: rtcts has no variable of its own for tracing."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.startswith(OTEL_PREFIX)}

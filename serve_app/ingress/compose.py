@@ -27,12 +27,15 @@ from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
+from serve_app.ingress.figures import LiveFigures
 from serve_app.ingress.history import OutputHistory
 from serve_app.ingress.margins import MarginWindows
 from serve_app.ingress.policy_view import PolicyView
 from serve_app.ingress.reload import RELOAD_PERIOD_S, PolicyReloader
 from serve_app.ingress.service import ChatService, ModelHandle
 from serve_app.ingress.settlement import Settlement
+from serve_app.ingress.tally import RedisTallyStore
+from serve_app.ingress.traces import TracedGate, TracedSink, traced_handles
 from serve_app.ingress.views import Views
 from serve_app.metering.aggregator import AggregatorConfig, stripe_sink_for
 from serve_app.metering.meter import MemorySink, MeterSink
@@ -41,7 +44,7 @@ from serve_app.metering.stripe_sink import StripeSink
 from serve_app.metering.view import BillingView
 from serve_app.policy import LoadedPolicy, load_policy_dict
 from serve_app.pricing import ClusterSnapshot
-from serve_app.telemetry import Metrics
+from serve_app.telemetry import Metrics, tracing
 
 logger = logging.getLogger("rtcts.ingress")
 
@@ -115,8 +118,10 @@ def ray_platform(app_name: str) -> Platform:
     from serve_app.cluster.registry import get_or_create_registry
     from serve_app.cluster.serve_adapter import ServeControllerAdapter
     from serve_app.metering.aggregator import ensure_aggregators
-    from serve_app.telemetry import RayMetrics
+    from serve_app.settings import otel_environment
+    from serve_app.telemetry import RayMetrics, configure_tracing
 
+    configure_tracing(otel_environment())  # OTLP export when the OTel variables ask for it
     registry = get_or_create_registry()
 
     async def fetch_reports() -> list[ReplicaReport]:
@@ -143,6 +148,8 @@ class IngressParts:
     writer: MeterStreamWriter | None
     billing: BillingArgs | None
     reloader: PolicyReloader | None = None
+    figures: LiveFigures | None = None
+    """The dashboard's live figures (`figures.py`), also the metrics the request path uses."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
@@ -181,7 +188,9 @@ def compose(
     loaded = load_policy_dict(args.policy, source=args.policy_source)
     view = PolicyView.of(loaded)
     book = view.book
-    metrics = platform.metrics
+    traced = tracing()  # the spans of `traces.py`, only where a tracer provider is set
+    figures = LiveFigures(platform.metrics, share=1 / args.ingress_replicas, clock=platform.clock)
+    metrics: Metrics = figures  # counted for the dashboard, then passed on to `platform.metrics`
     windows = MarginWindows(
         {m.id: m.usd_per_s for m in book.models.values()}, share=1 / args.ingress_replicas
     )
@@ -226,7 +235,8 @@ def compose(
         client = aioredis.Redis(connection_pool=pool)
         # Reservations outlive the longest generation the policy allows.
         store = RedisAdmission(client, reservation_ttl_s=reservation_ttl_s(loaded.policy))
-        admission = AdmissionGate(store, timeout_s=args.redis_timeout_s)
+        admission = (TracedGate if traced else AdmissionGate)(store, timeout_s=args.redis_timeout_s)
+        figures.tally.store = RedisTallyStore(client, args.app_name)  # every replica's counts
         if args.billing is not None:
             billing = args.billing
             # Verified meters go to the Redis stream (spooled to disk while Redis is down);
@@ -251,8 +261,11 @@ def compose(
                     customers=tuple((t.stripe_customer_id, t.id) for t in loaded.policy.tenants),
                 )
             )
+    settled: MeterSink = TracedSink(sink) if traced else sink
+    if traced:
+        handles = traced_handles(handles)
     history = OutputHistory()
-    settlement = Settlement(sink, metrics, history, admission, windows)
+    settlement = Settlement(settled, metrics, history, admission, windows)
     service = ChatService(view, state, handles, settlement, history, metrics, admission, windows)
     views = Views(loaded, book, state, view.limits, admission, billing_view)
 
@@ -265,4 +278,5 @@ def compose(
     reloader = None
     if args.policy_path is not None and Path(args.policy_path).is_file():
         reloader = PolicyReloader(Path(args.policy_path), loaded, apply)
-    return IngressParts(service, views, state, sink, writer, args.billing, reloader)
+    figures.bind(lambda: views.book, state, billing_view)
+    return IngressParts(service, views, state, sink, writer, args.billing, reloader, figures)

@@ -86,6 +86,17 @@ class MarginWindows:
                     self._add(now, model, 0.0, count * rate * elapsed * 1e6 * self._share)
         self._last_replicas = (now, counts)
 
+    def history(self) -> dict[int, dict[str, WindowMargin]]:
+        """Per bucket of the window (its start on the clock, whole seconds), per model,
+        the revenue and replica cost recorded in it (micro-USD); for the dashboard."""
+        self._bucket(self._clock())
+        return {
+            round(number * self._bucket_s): {
+                m: WindowMargin(round(r), round(c)) for m, (r, c) in bucket.items()
+            }
+            for number, bucket in self._buckets
+        }
+
     def margins(self) -> dict[str, WindowMargin]:
         """Per model, the window's revenue and replica cost (micro-USD)."""
         self._bucket(self._clock())  # drops the buckets that left the window

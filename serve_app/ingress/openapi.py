@@ -28,7 +28,7 @@ from fastapi import Body, FastAPI, Path
 from fastapi.routing import APIRoute, APIRouter
 from pydantic.json_schema import models_json_schema
 
-from serve_app.ingress import document_models as dm
+from serve_app.ingress import dashboard_models as dd, document_models as dm
 from serve_app.ingress.protocol import ChatCompletionRequest
 
 OPENAPI_PATH = "/openapi.json"
@@ -195,6 +195,19 @@ ADMIN_BILLING = documented(
     tags=["admin"],
     key=ADMIN_KEY,
     errors=error_answers(s401=NO_KEY, s403=NOT_ADMIN, s404=BILLING_DISABLED),
+)
+ADMIN_DASHBOARD = documented(
+    operation_id="getDashboard",
+    summary="The live margin dashboard's figures: models, plans, billing health (admin)",
+    description="What the page at `/dashboard` draws (the page itself needs no key: it "
+    "holds no data, and asks for an admin key to read this): per model, replicas, queue, "
+    "batch, cost per 1M tokens and realized margin against the floors; per plan, "
+    "decisions, revenue and SLA credits; billing health. Counts cover the last "
+    "`window_s` seconds in buckets of `bucket_s`.",
+    model=dd.Dashboard,
+    tags=["admin"],
+    key=ADMIN_KEY,
+    errors=error_answers(s401=NO_KEY, s403=NOT_ADMIN),
 )
 ADMIN_RECONCILE = documented(
     operation_id="reconcileBilling",

@@ -47,13 +47,14 @@ from serve_app.ingress.policy_view import PolicyView
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.ingress.pump import DeltaPump
 from serve_app.ingress.settlement import Settlement
+from serve_app.ingress.traces import decision_attributes
 from serve_app.models.backend import Completion, GenerationRequest
 from serve_app.models.tokens import count_chat_tokens, count_tokens
 from serve_app.policy import LoadedPolicy, Tenant
 from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide
 from serve_app.pricing.billing import output_tokens_within
 from serve_app.pricing.cost import full_batch_service_s
-from serve_app.telemetry import Metrics, span_attributes, tracer, tracing
+from serve_app.telemetry import Metrics, tracer, tracing
 
 logger = logging.getLogger("rtcts.ingress")
 
@@ -174,7 +175,10 @@ class ChatService:
         quoted = self._traced_quote(tenant, body, request_id, view)
         decision = quoted.decision
         self._metrics.decision(
-            decision.model_id or body.model, decision.action.value, decision.reason.value
+            decision.model_id or body.model,
+            decision.action.value,
+            decision.reason.value,
+            tenant.plan,
         )
         if decision.model_id is None or decision.chosen is None:
             await self._admit(tenant, request_id, decision, None, 0, view)
@@ -222,21 +226,15 @@ class ChatService:
     ) -> Quoted:
         if not tracing():  # no tracer provider: skip the (no-op) span's own cost
             return self.quote(tenant, body, view)
-        with tracer.start_as_current_span("rtcts.decide") as span:
+        with tracer.start_as_current_span("rtcts.quote") as span:  # traces.py lists the spans
             quoted = self.quote(tenant, body, view)
-            decision = quoted.decision
             span.set_attributes(
-                span_attributes(
-                    {
-                        "request_id": request_id,
-                        "tenant": tenant.id,
-                        "requested_model": body.model,
-                        "model": decision.model_id,
-                        "decision": decision.action.value,
-                        "reason": decision.reason.value,
-                        "price_micro": decision.price_micro,
-                        "policy_version": decision.policy_version,
-                    }
+                decision_attributes(
+                    tenant_id=tenant.id,
+                    plan=tenant.plan,
+                    requested_model=body.model,
+                    request_id=request_id,
+                    decision=quoted.decision,
                 )
             )
             return quoted

@@ -101,6 +101,8 @@ class Settlement:
             the_bill.billed_micro,
             chosen.cost_micro,
             margin(the_bill.billed_micro, chosen.cost_micro),
+            call.tenant.plan,
+            the_bill.credit_micro,
         )
         self._sink.emit(meter_for(call, served, the_bill, failure=None, abandoned=abandoned))
 

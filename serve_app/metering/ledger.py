@@ -401,6 +401,11 @@ class MeterLedger:
         endpoint reads Redis, not the actor)."""
         await self._client.hset(self.keys.name("status"), name, json.dumps(value))
 
+    async def status(self, name: str) -> dict[str, Any] | None:
+        """What `set_status` last published under `name`, if anything."""
+        value = await self._client.hget(self.keys.name("status"), name)
+        return None if value is None else dict(json.loads(value))
+
     async def health(self) -> dict[str, Any]:
         k = self.keys
         outbox = await self.outbox()

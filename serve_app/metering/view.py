@@ -13,6 +13,9 @@ from serve_app.metering.reconcile import DriftReport, reconcile
 from serve_app.metering.stream import shard_of
 from serve_app.metering.types import METER_EVENT_BILLED, METER_EVENTS
 
+LAST_RECONCILE = "last_reconcile"
+"""The status entry (shard 0's, `MeterLedger.set_status`) of the last reconciliation."""
+
 
 class BillingView:
     def __init__(self, client: Any, shards: int, *, window_s: int, grace_s: int) -> None:
@@ -65,6 +68,22 @@ class BillingView:
         end = (now // 60 + 1) * 60
         start = (now - days * 86400) // 60 * 60
         local = await self.delivered(start, end)
-        return await reconcile(
+        report = await reconcile(
             stripe_client, local, start_time=start, end_time=end, event_names=METER_EVENTS
         )
+        await self._ledgers[0].set_status(
+            LAST_RECONCILE,
+            {
+                "at": now,
+                "days": days,
+                "ok": report.ok,
+                "lines": len(report.lines),
+                "drifted": len(report.drifted),
+            },
+        )
+        return report
+
+    async def last_reconcile(self) -> dict[str, Any] | None:
+        """When the last reconciliation ran (unix seconds, `at`), over how many `days`,
+        and what it found (`ok`: no drift; `lines`, `drifted`); None if none ran."""
+        return await self._ledgers[0].status(LAST_RECONCILE)

@@ -504,15 +504,18 @@ class RecordingMetrics:
     def live_state(self, *args: Any) -> None:
         self.calls.append(("live_state", args))
 
+    def gauges(self, *args: Any) -> None:
+        self.calls.append(("gauges", args))
+
 
 def test_metrics_record_decisions_bills_and_failures() -> None:
     metrics = RecordingMetrics()
     h = _harness(metrics=metrics)
     _chat(h, _body())
-    metrics.calls = [c for c in metrics.calls if c[0] != "live_state"]
-    assert metrics.calls[0] == ("decision", (MODEL, "allow", "requested_model_feasible"))
-    kind, (model, billed, cost, margin) = metrics.calls[1]
-    assert (kind, model, billed) == ("billed", MODEL, COMPLETION_BILL_MICRO)
+    metrics.calls = [c for c in metrics.calls if c[0] not in {"live_state", "gauges"}]
+    assert metrics.calls[0] == ("decision", (MODEL, "allow", "requested_model_feasible", "pro"))
+    kind, (model, billed, cost, margin, plan, credit) = metrics.calls[1]
+    assert (kind, model, billed, plan, credit) == ("billed", MODEL, COMPLETION_BILL_MICRO, "pro", 0)
     assert 0 < cost < billed
     assert margin == pytest.approx((billed - cost) / billed)
 
@@ -564,7 +567,7 @@ def test_chat_opens_a_span_only_when_a_tracer_provider_is_set(
     assert telemetry.tracing()
     _chat(h, _body())
     (span,) = exporter.get_finished_spans()
-    assert span.name == "rtcts.decide"
+    assert span.name == "rtcts.quote"
     assert span.attributes is not None
     assert span.attributes["rtcts.decision"] == "allow"
 
