@@ -14,7 +14,8 @@ reader finds them where they are used and here where they are defined.
     │   ├── PricingError            cannot be priced as asked                    (400)
     │   │   ├── UnknownModelError   neither a model id nor a route alias         (404)
     │   │   ├── ModelNotInPlanError the tenant's plan does not sell that model   (403)
-    │   │   └── ContextWindowError  the request fits no candidate's context      (400)
+    │   │   ├── ContextWindowError  the request fits no candidate's context      (400)
+    │   │   └── UnsupportedFeature  no candidate serves a feature it asks for    (400)
     │   ├── Unauthorized            missing or unknown API key                   (401)
     │   ├── Forbidden               a valid key that may not use this route      (403)
     │   ├── NotFound                no such tenant, or billing is off            (404)
@@ -29,7 +30,8 @@ reader finds them where they are used and here where they are defined.
     │   └── AdmissionUnavailable    Redis unreachable and the plan fails closed  (503)
     ├── BackendError                the model could not serve; nothing billed    (502)
     │   ├── BackendUnavailable      not ready, closed, or its upstream is down   (503)
-    │   └── GenerationFailed        failed part-way                              (502)
+    │   ├── GenerationFailed        failed part-way                              (502)
+    │   └── RequestRejected         the engine refused the request as invalid    (400)
     ├── MeteringError
     │   ├── MeterStreamError        Redis answered a meter flush unexpectedly
     │   └── SyncError               a Stripe call failed; `retryable` says whether to retry
@@ -105,6 +107,16 @@ class ModelNotInPlanError(PricingError):
 
 class ContextWindowError(PricingError):
     """Prompt plus output tokens exceed the context window of every candidate model."""
+
+
+class UnsupportedFeature(PricingError):
+    """No candidate model serves an endpoint or feature the request asks for.
+    `feature` is a `policy.capabilities.Capability` value, `model` the requested name."""
+
+    def __init__(self, message: str, *, feature: str, model: str) -> None:
+        super().__init__(message)
+        self.feature = feature
+        self.model = model
 
 
 class Unauthorized(RequestError):
@@ -198,6 +210,18 @@ class GenerationFailed(BackendError):
     """Generation failed part-way (an injected fault, an engine or upstream error)."""
 
 
+class RequestRejected(BackendError):
+    """The engine refused the request as invalid (an upstream's 4xx): the client's to fix,
+    so it is answered 400 and counts in no failure rate. `detail` is the engine's own
+    message (secrets scrubbed), `param` the field it named, if any. (Attributes, not
+    `str()`: through a Ray handle the error's text is Ray's traceback.)"""
+
+    def __init__(self, detail: str, *, param: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.param = param
+
+
 class MeteringError(RtctsError):
     """Base of the meter path's errors."""
 
@@ -250,10 +274,12 @@ __all__ = [
     "PricingError",
     "RateLimited",
     "RequestError",
+    "RequestRejected",
     "RetryableSyncError",
     "RtctsError",
     "SettingsError",
     "SyncError",
     "Unauthorized",
     "UnknownModelError",
+    "UnsupportedFeature",
 ]

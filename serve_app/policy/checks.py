@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from serve_app.errors import PolicyIssue
+from serve_app.policy.capabilities import Capability
 from serve_app.policy.schema import Policy
 
 
@@ -62,6 +63,7 @@ def _check_plans(policy: Policy) -> Iterator[PolicyIssue]:
                 yield PolicyIssue(
                     f"{path}.prices_by_model.{model_id}", f"unknown model '{model_id}'"
                 )
+        yield from _check_embedding_prices(policy, path, plan.embedding_prices_by_model)
         for tier in plan.prices_by_tier:
             if tier not in tiers:
                 yield PolicyIssue(
@@ -72,6 +74,21 @@ def _check_plans(policy: Policy) -> Iterator[PolicyIssue]:
             for m in policy.models
         ):
             yield PolicyIssue(path, f"plan '{plan.id}' prices no model")
+
+
+def _check_embedding_prices(
+    policy: Policy, path: str, prices: Iterable[str]
+) -> Iterator[PolicyIssue]:
+    models = {m.id: m for m in policy.models}
+    for model_id in prices:
+        where = f"{path}.embedding_prices_by_model.{model_id}"
+        model = models.get(model_id)
+        if model is None:
+            yield PolicyIssue(where, f"unknown model '{model_id}'")
+        elif Capability.EMBEDDINGS not in model.capability_set:
+            yield PolicyIssue(
+                where, f"model '{model_id}' does not serve embeddings (its capabilities)"
+            )
 
 
 def _check_tenants(policy: Policy) -> Iterator[PolicyIssue]:

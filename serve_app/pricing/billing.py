@@ -4,7 +4,8 @@ The decision quoted a price for predicted tokens; the bill uses the real ones at
 same terms: the plan's rates for the served model, scaled by whatever the decision
 applied (a surcharge lifts it, a substitute's price ceiling lowers it). A request that
 missed the SLA (TTFT or TPOT over target) is billed with the plan's credit already
-taken off, and never more than the client's price cap.
+taken off, and never more than the client's price cap. Embeddings are billed per input
+token at the plan's embedding price and carry no latency promise (never credited).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
-from serve_app.pricing.book import PlanTerms
+from serve_app.policy.capabilities import Capability
+from serve_app.pricing.book import PlanTerms, Rates
 from serve_app.pricing.price import pico_to_micro
 from serve_app.pricing.types import Decision
 
@@ -39,17 +41,25 @@ def bill(
     max_price_micro: int | None = None,
 ) -> Bill:
     """Bill a served request. `decision` must have served it (`decision.chosen` set)."""
-    chosen = decision.chosen
-    if chosen is None:
+    if decision.chosen is None:
         raise ValueError("a throttled request is not billed")
-    rates = plan.rates[chosen.model_id]
+    rates = _rates(decision, plan)
     pico = input_tokens * rates.input_micro_per_1m + output_tokens * rates.output_micro_per_1m
     list_price = _round_half_up(Fraction(pico) * _terms(decision, plan) / 1_000_000)
     if max_price_micro is not None:
         list_price = min(list_price, max_price_micro)
-    sla_met = ttft_s <= plan.ttft_target_s and tpot_s <= plan.tpot_target_s
+    sla_met = decision.endpoint is Capability.EMBEDDINGS or (
+        ttft_s <= plan.ttft_target_s and tpot_s <= plan.tpot_target_s
+    )
     credit = 0 if sla_met else _round_half_up(list_price * credit_fraction)
     return Bill(list_price, credit, list_price - credit, sla_met)
+
+
+def _rates(decision: Decision, plan: PlanTerms) -> Rates:
+    """The plan's rates for the decision's model and endpoint."""
+    chosen = decision.chosen
+    assert chosen is not None
+    return plan.rates_for(decision.endpoint)[chosen.model_id]
 
 
 def _terms(decision: Decision, plan: PlanTerms) -> Fraction:
@@ -58,7 +68,7 @@ def _terms(decision: Decision, plan: PlanTerms) -> Fraction:
     as they are."""
     chosen = decision.chosen
     assert chosen is not None
-    rates = plan.rates[chosen.model_id]
+    rates = _rates(decision, plan)
     predicted_pico = (
         chosen.input_tokens * rates.input_micro_per_1m
         + chosen.predicted_output_tokens * rates.output_micro_per_1m
@@ -77,7 +87,7 @@ def output_tokens_within(decision: Decision, plan: PlanTerms, cap_micro: int) ->
     chosen = decision.chosen
     if chosen is None:
         raise ValueError("a throttled request has no output")
-    rates = plan.rates[chosen.model_id]
+    rates = _rates(decision, plan)
     terms = _terms(decision, plan)
     # price = round_half_up(pico * terms / 1e6) <= cap  <=  pico * terms <= cap * 1e6
     budget_pico = Fraction(cap_micro * 1_000_000) / terms

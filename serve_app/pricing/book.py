@@ -8,9 +8,10 @@ decision over eight models stays within tens of microseconds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
+from serve_app.policy.capabilities import GENERATION_ENDPOINTS, Capability
 from serve_app.policy.schema import InfeasibleAction, ModelSpec, Plan, Policy
 from serve_app.pricing.window import CostBasis
 
@@ -48,6 +49,8 @@ class ModelProfile:
     max_output_tokens: int
     default_output_tokens: int
     max_replicas: int
+    capabilities: frozenset[Capability] = frozenset(GENERATION_ENDPOINTS)
+    """Endpoints and request features the model serves (`policy/capabilities.py`)."""
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelProfile:
@@ -76,6 +79,7 @@ class ModelProfile:
             max_output_tokens=spec.max_output_tokens,
             default_output_tokens=min(spec.default_output_tokens, spec.max_output_tokens),
             max_replicas=spec.autoscaling.max_replicas,
+            capabilities=spec.capability_set,
         )
 
     def decode_tokens_per_s(self, batch: int) -> float:
@@ -122,17 +126,28 @@ class PlanTerms:
     throttle_retry_after_s: float
     max_retry_after_s: float
     cost_basis: CostBasis = CostBasis.INCREMENTAL
+    embedding_rates: Mapping[str, Rates] = field(default_factory=dict)
+    """Embedding prices by model (output rate 0): `embedding_prices_by_model`."""
+
+    def rates_for(self, endpoint: Capability) -> Mapping[str, Rates]:
+        """The rates an endpoint's requests are priced at: embeddings have their own."""
+        return self.embedding_rates if endpoint is Capability.EMBEDDINGS else self.rates
 
     @classmethod
     def from_plan(cls, plan: Plan, models: list[ModelSpec]) -> PlanTerms:
         rates: dict[str, Rates] = {}
+        embedding: dict[str, Rates] = {}
         for model in models:
             card = plan.prices_by_model.get(model.id) or plan.prices_by_tier.get(model.quality_tier)
-            if card is not None:
+            # Token rates price generation: an embedding-only model is not sold for chat.
+            if card is not None and GENERATION_ENDPOINTS & model.capability_set:
                 rates[model.id] = Rates(
                     usd_to_micro(card.input_usd_per_1m_tokens),
                     usd_to_micro(card.output_usd_per_1m_tokens),
                 )
+            embedding_card = plan.embedding_prices_by_model.get(model.id)
+            if embedding_card is not None:
+                embedding[model.id] = Rates(usd_to_micro(embedding_card.input_usd_per_1m_tokens), 0)
         return cls(
             id=plan.id,
             rates=rates,
@@ -145,6 +160,7 @@ class PlanTerms:
             throttle_retry_after_s=plan.throttle_retry_after_s,
             max_retry_after_s=plan.max_retry_after_s,
             cost_basis=CostBasis(plan.cost_basis),
+            embedding_rates=embedding,
         )
 
 

@@ -7,9 +7,13 @@ and the decision taken for the same request and state always agree.
 Rules, in order:
 1. The candidates are the requested model (plus, when the plan allows substitution,
    every model of equal or higher quality tier the plan sells), or the models of the
-   requested alias that the plan sells.
-2. A candidate is feasible when it fits its context window, can get capacity, meets the
-   SLA (TTFT and TPOT), stays within the client's price cap and meets the margin floor.
+   requested alias that the plan sells; only models that serve the request's endpoint
+   (chat, completions, embeddings: `policy/capabilities.py`) are candidates.
+2. A candidate is feasible when it serves every feature the request asks for (tools,
+   logprobs, n, ...), fits its context window, can get capacity, meets the SLA (TTFT and
+   TPOT; embeddings have no latency promise), stays within the client's price cap and
+   meets the margin floor. When no candidate serves a feature, the request is refused
+   (`UnsupportedFeature`, naming the feature and the model).
 3. Requested model feasible → allow. Alias → allow the feasible candidate with the best
    margin. A substitute for a named model is priced at most what the named model would
    cost (unless the client's price cap allows more): no surprise costs. Otherwise the
@@ -19,6 +23,10 @@ Rules, in order:
    (serve below the floor, latency-feasible first), throttle (Retry-After = predicted
    seconds until a candidate is feasible).
 Ties break on lower predicted latency, then model id, so the result is deterministic.
+
+Several choices (`PriceRequest.choices`) multiply the predicted and worst-case output:
+the engine's usage counts every choice's tokens. Embeddings are priced per input token
+at the plan's embedding price, with no output.
 """
 
 from __future__ import annotations
@@ -26,7 +34,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from serve_app.errors import ContextWindowError, ModelNotInPlanError, UnknownModelError
+from serve_app.errors import (
+    ContextWindowError,
+    ModelNotInPlanError,
+    UnknownModelError,
+    UnsupportedFeature,
+)
+from serve_app.policy.capabilities import DESCRIPTIONS, Capability
 from serve_app.policy.schema import InfeasibleAction
 from serve_app.pricing.book import ModelProfile, PlanTerms, PriceBook
 from serve_app.pricing.cost import estimate
@@ -61,9 +75,17 @@ def decide(
     `basis` (default: the plan's `cost_basis`) is the cost the margin check weighs;
     `windows` (per model id) are the realized margins the incremental check guards."""
     plan = book.plans[plan_id]
-    primary, pool = _candidates(request.model, book, plan)
+    primary, pool = _candidates(request, book, plan)
     margin_rule = _MarginRule(basis or plan.cost_basis, windows)
     quotes = _quote_all(request, primary, pool, plan, snapshot, margin_rule)
+    unsupported = Infeasibility.UNSUPPORTED_FEATURE
+    if all(unsupported in q.reasons for q in quotes):
+        missing = min(request.features - pool[0].capabilities, key=lambda c: c.value)
+        raise UnsupportedFeature(
+            f"model '{request.model}' does not serve {DESCRIPTIONS[missing]}",
+            feature=missing.value,
+            model=request.model,
+        )
     too_long = Infeasibility.CONTEXT_WINDOW_EXCEEDED
     if too_long in quotes[0].reasons and all(too_long in q.reasons for q in quotes):
         largest = max(m.context_window_tokens for m in pool)
@@ -91,6 +113,7 @@ def decide(
             chosen=chosen,
             candidates=quotes,
             policy_version=book.version,
+            endpoint=request.endpoint,
         )
 
     if primary is not None and not quotes[0].reasons:
@@ -162,7 +185,8 @@ def quote(
     `rule` says which cost the margin check weighs (default: the plan's basis, no window).
     """
     load = snapshot.models.get(model.id, NO_REPLICAS)
-    rates = plan.rates[model.id]
+    embedding = request.endpoint is Capability.EMBEDDINGS
+    rates = plan.rates_for(request.endpoint)[model.id]
     input_tokens = request.input_tokens
     max_tokens = request.max_tokens
     output_cap = model.max_output_tokens
@@ -177,6 +201,11 @@ def quote(
         output_tokens = output_cap
     if output_tokens < 1:
         output_tokens = 1
+    if embedding:  # no output: the input tokens are the work and the price
+        output_tokens = output_cap = 0
+    elif request.choices > 1:  # each choice generates its own output
+        output_tokens *= request.choices
+        output_cap *= request.choices
 
     # One unpack: NamedTuple field access is a property call each (per candidate).
     (_, start_s, queue_ahead, batch, _, ttft_s, tpot_s, total_s, cost_usd, warm, added_usd) = (
@@ -193,13 +222,16 @@ def quote(
     gross_margin = 1.0 - cost_usd * 1e12 / pico if pico > 0 else margin(pico, cost_usd)
 
     reasons: tuple[Infeasibility, ...] = ()
-    if input_tokens + (max_tokens or 1) > model.context_window_tokens:
+    if request.features and not request.features <= model.capabilities:
+        reasons += (Infeasibility.UNSUPPORTED_FEATURE,)
+    if input_tokens + (0 if embedding else max_tokens or 1) > model.context_window_tokens:
         reasons += (Infeasibility.CONTEXT_WINDOW_EXCEEDED,)
     if not load.available:
         reasons += (Infeasibility.NO_CAPACITY,)
-    if ttft_s > plan.ttft_target_s:
+    # Embeddings carry no latency promise (the SLA's TTFT and TPOT are a generation's).
+    if ttft_s > plan.ttft_target_s and not embedding:
         reasons += (Infeasibility.TTFT_OVER_SLA,)
-    if tpot_s > plan.tpot_target_s:
+    if tpot_s > plan.tpot_target_s and not embedding:
         reasons += (Infeasibility.TPOT_OVER_SLA,)
     if request.max_price_micro is not None and price > request.max_price_micro:
         reasons += (Infeasibility.OVER_PRICE_CAP,)
@@ -241,13 +273,24 @@ def quote(
 
 
 def _candidates(
-    name: str, book: PriceBook, plan: PlanTerms
+    request: PriceRequest, book: PriceBook, plan: PlanTerms
 ) -> tuple[ModelProfile | None, list[ModelProfile]]:
-    """(the requested model or None for an alias, the candidate models in order)."""
+    """(the requested model or None for an alias, the candidate models in order): the
+    plan's models that serve the request's endpoint (a substitute or an alias member
+    that does not is no candidate at all)."""
+    name, endpoint = request.model, request.endpoint
+    rates = plan.rates_for(endpoint)
     model = book.models.get(name)
     if model is not None:
-        if model.id not in plan.rates:
-            raise ModelNotInPlanError(f"model '{name}' is not available on your plan")
+        if endpoint not in model.capabilities:
+            raise UnsupportedFeature(
+                f"model '{name}' does not serve {DESCRIPTIONS[endpoint]}",
+                feature=endpoint.value,
+                model=name,
+            )
+        if model.id not in rates:
+            what = "for embeddings " if endpoint is Capability.EMBEDDINGS else ""
+            raise ModelNotInPlanError(f"model '{name}' is not available {what}on your plan")
         pool = [model]
         if plan.allows_substitution:
             pool += sorted(
@@ -255,7 +298,8 @@ def _candidates(
                     m
                     for m in book.models.values()
                     if m.id != model.id
-                    and m.id in plan.rates
+                    and m.id in rates
+                    and endpoint in m.capabilities
                     and m.quality_tier >= model.quality_tier
                 ),
                 key=lambda m: (m.quality_tier, m.id),
@@ -264,7 +308,14 @@ def _candidates(
     alias = book.routes.get(name)
     if alias is None:
         raise UnknownModelError(f"model '{name}' does not exist")
-    pool = [book.models[m] for m in alias if m in plan.rates]
+    sold = [book.models[m] for m in alias if m in plan.rates or m in plan.embedding_rates]
+    if sold and not any(endpoint in m.capabilities for m in sold):
+        raise UnsupportedFeature(
+            f"no model of '{name}' serves {DESCRIPTIONS[endpoint]}",
+            feature=endpoint.value,
+            model=name,
+        )
+    pool = [m for m in sold if m.id in rates and endpoint in m.capabilities]
     if not pool:
         raise ModelNotInPlanError(f"no model of '{name}' is available on your plan")
     return None, pool

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 
+from serve_app.policy.capabilities import Capability
+
+NO_FEATURES: frozenset[Capability] = frozenset()
+
 
 @dataclass(frozen=True, slots=True)
 class ReplicaLoad:
@@ -68,6 +72,15 @@ class PriceRequest:
     """The tenant's recent mean output tokens per model id."""
     max_price_micro: int | None = None
     """The most the client agreed to pay for this request (its price cap), micro-USD."""
+    endpoint: Capability = Capability.CHAT
+    """chat and completions are priced at the plan's token rates; embeddings at its
+    embedding price per input token, with no output and no latency promise."""
+    features: frozenset[Capability] = NO_FEATURES
+    """Optional features the request asks for (tools, logprobs, n, ...): a candidate
+    that lacks one is infeasible (`UNSUPPORTED_FEATURE`)."""
+    choices: int = 1
+    """Choices generated (`n`, times the prompts of a completions request): predicted
+    and worst-case output are per choice times this."""
 
 
 class Action(str, Enum):
@@ -103,6 +116,7 @@ class Infeasibility(str, Enum):
     OVER_PRICE_CAP = "over_price_cap"
     CONTEXT_WINDOW_EXCEEDED = "context_window_exceeded"
     NO_CAPACITY = "no_capacity"
+    UNSUPPORTED_FEATURE = "unsupported_feature"
 
 
 HARD_INFEASIBILITIES = frozenset(
@@ -110,6 +124,7 @@ HARD_INFEASIBILITIES = frozenset(
         Infeasibility.OVER_PRICE_CAP,
         Infeasibility.CONTEXT_WINDOW_EXCEEDED,
         Infeasibility.NO_CAPACITY,
+        Infeasibility.UNSUPPORTED_FEATURE,
     }
 )
 """Reasons that neither waiting, surcharging nor accepting below the floor can fix."""
@@ -173,6 +188,8 @@ class Decision:
     chosen: CandidateQuote | None
     candidates: tuple[CandidateQuote, ...]
     policy_version: str
+    endpoint: Capability = Capability.CHAT
+    """The request's endpoint: which of the plan's rates the bill uses."""
 
     @property
     def served(self) -> bool:
