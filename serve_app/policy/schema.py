@@ -16,8 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve_app.policy.capabilities import Capability, capabilities_of, capability_issue
 
-from serve_app.policy.capabilities import Capability, capabilities_of, capability_issue
-
 Identifier = Annotated[
     str,
     Field(
@@ -237,28 +235,10 @@ class ModelSpec(StrictModel):
         """What the model serves: its `capabilities`, else its backend's default."""
         return capabilities_of(self.backend.value, self.capabilities)
 
-    capabilities: list[Capability] | None = Field(
-        default=None,
-        min_length=1,
-        description="Endpoints (chat, completions, embeddings) and request features (tools, "
-        "logprobs, n, json_object, json_schema, penalties, logit_bias, images) the model "
-        "serves; unset: chat and completions with every feature (serve_app/policy/"
-        "capabilities.py). An embedding model lists [embeddings].",
-    )
-
-    @property
-    def capability_set(self) -> frozenset[Capability]:
-        """What the model serves: its `capabilities`, else its backend's default."""
-        return capabilities_of(self.backend.value, self.capabilities)
-
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         if self.max_output_tokens > self.context_window_tokens:
             raise ValueError("max_output_tokens exceeds context_window_tokens")
-        if self.capabilities is not None and (
-            why := capability_issue(self.backend.value, self.capabilities)
-        ):
-            raise ValueError(why)
         if self.capabilities is not None and (
             why := capability_issue(self.backend.value, self.capabilities)
         ):
@@ -300,14 +280,6 @@ class PriceCard(StrictModel):
         if self.input_usd_per_1m_tokens == 0 and self.output_usd_per_1m_tokens == 0:
             raise ValueError("a price card must charge for input or output tokens")
         return self
-
-
-class EmbeddingPriceCard(StrictModel):
-    """What a plan charges for embeddings of a model: per input token (no output)."""
-
-    input_usd_per_1m_tokens: UsdAmount = Field(
-        gt=0, description="Price of 1M input tokens embedded, USD."
-    )
 
 
 class EmbeddingPriceCard(StrictModel):
@@ -364,11 +336,6 @@ class Plan(StrictModel):
     )
     prices_by_tier: dict[int, PriceCard] = Field(
         default_factory=dict, description="Price card per quality tier, for models not listed."
-    )
-    embedding_prices_by_model: dict[str, EmbeddingPriceCard] = Field(
-        default_factory=dict,
-        description="Embedding price per model id (models with the embeddings capability); "
-        "a model without one is not sold for embeddings on this plan.",
     )
     embedding_prices_by_model: dict[str, EmbeddingPriceCard] = Field(
         default_factory=dict,
