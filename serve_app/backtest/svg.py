@@ -8,7 +8,9 @@ from html import escape
 
 from serve_app.backtest.plot import Frame, LineChart, format_tick, frame, nice_ticks, points_path
 
-FONT = 'font-family="system-ui, sans-serif" font-size="11"'
+FAMILY = 'font-family="system-ui, sans-serif"'
+FONT = f'{FAMILY} font-size="11"'
+TITLE = f'{FAMILY} font-size="13" font-weight="600"'
 
 
 def _axes(f: Frame, x_label: str, y_label: str, percent: bool) -> list[str]:
@@ -86,10 +88,7 @@ def line_chart(chart: LineChart, width: int = 760, height: int = 280) -> str:
             out.append(
                 f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="1.8"/>'
             )
-    out.append(
-        f'<text x="{f.left}" y="18" {FONT} font-size="13" font-weight="600">'
-        f"{escape(chart.title)}</text>"
-    )
+    out.append(f'<text x="{f.left}" y="18" {TITLE}>{escape(chart.title)}</text>')
     items = [(s.label, s.color, False) for s in chart.series]
     items += [(h.label, h.color, True) for h in chart.hlines]
     out += _legend(f, items)
@@ -140,9 +139,7 @@ def stacked_bars(
                 f'height="{y_bottom - y_top:.1f}" fill="{color}"/>'
             )
             base += v
-    out.append(
-        f'<text x="{f.left}" y="18" {FONT} font-size="13" font-weight="600">{escape(title)}</text>'
-    )
+    out.append(f'<text x="{f.left}" y="18" {TITLE}>{escape(title)}</text>')
     out += _legend(f, [(label, color, False) for label, color, _ in stacks])
     out.append("</svg>")
     return "\n".join(out)
