@@ -6,7 +6,11 @@
     GET  /v1/models             models and aliases of the caller's plan, with prices
     GET  /v1/cluster            live state and current cost per 1M tokens per model
     GET  /healthz               liveness and freshness of the live state
+    GET  /readyz                200 once a request is served without waiting on start-up
+                                (the rule: readiness.py), else 503 and what it waits for
     GET  /v1/usage, /v1/admin/* usage, billing health and reconciliation
+    GET  /dashboard             the live margin dashboard (the page: no key; its figures:
+                                GET /v1/admin/dashboard, admin key; dashboard.py)
 
     GET  /openapi.json          the API description (no key); /docs and /redoc over it
 
@@ -29,9 +33,13 @@ from starlette.types import Receive, Scope
 from serve_app.ingress import errors, openapi, render
 from serve_app.ingress.asgi import IngressASGI, Route, headers_of, read_chat_body
 from serve_app.ingress.compose import IngressArgs, IngressParts, compose, ray_platform
+from serve_app.ingress.dashboard import DashboardRoutes
 from serve_app.ingress.protocol import ChatCompletionRequest
+from serve_app.ingress.request_span import TracedIngressASGI
 from serve_app.ingress.service import ChatService
+from serve_app.metering.probe import AggregatorProbe
 from serve_app.policy.schema import Tenant
+from serve_app.telemetry import tracing
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CHAT_PATH = "/v1/chat/completions"
@@ -55,10 +63,12 @@ async def answer_chat(
 class Routes:
     """The routes of one ingress replica, over its parts."""
 
-    def __init__(self, parts: IngressParts) -> None:
+    def __init__(self, parts: IngressParts, billing: AggregatorProbe | None = None) -> None:
         self.parts = parts
         self.service = parts.service
         self.views = parts.views
+        self.billing = billing
+        """Whether the aggregators run (for /readyz); None where billing is off."""
 
     def priced(self) -> dict[tuple[str, str], Route]:
         """The routes that run as plain ASGI, by (method, path)."""
@@ -72,6 +82,7 @@ class Routes:
         api.add_api_route("/v1/models", self.models, methods=["GET"], **openapi.MODELS)
         api.add_api_route("/v1/cluster", self.cluster, methods=["GET"], **openapi.CLUSTER)
         api.add_api_route("/healthz", self.healthz, methods=["GET"], **openapi.HEALTH)
+        api.add_api_route("/readyz", self.readyz, methods=["GET"], include_in_schema=False)
         api.add_api_route("/v1/usage", self.usage, methods=["GET"], **openapi.USAGE)
         api.add_api_route(
             "/v1/admin/usage/{tenant_id}",
@@ -88,6 +99,8 @@ class Routes:
             methods=["POST"],
             **openapi.ADMIN_RECONCILE,
         )
+        if self.parts.figures is not None:
+            DashboardRoutes(self.parts.figures, self.views).install(api)
         return api
 
     async def _tenant_and_body(
@@ -147,12 +160,19 @@ class Routes:
     async def healthz(self) -> JSONResponse:
         return JSONResponse(self.views.health())
 
+    async def readyz(self) -> JSONResponse:
+        running = None if self.billing is None else await self.billing.running()
+        document = self.views.ready(running)
+        return JSONResponse(document, status_code=200 if document["ready"] else 503)
 
-def build_asgi(parts: IngressParts) -> IngressASGI:
+
+def build_asgi(parts: IngressParts, billing: AggregatorProbe | None = None) -> IngressASGI:
     """The ASGI app of one ingress replica over its parts: what Serve serves, and what
     tests serve without Ray."""
-    routes = Routes(parts)
-    return IngressASGI(routes.api(), routes.priced())
+    routes = Routes(parts, billing)
+    # With a tracer provider, each priced request is a `rtcts.request` span (traces.py).
+    asgi = TracedIngressASGI if tracing() else IngressASGI
+    return asgi(routes.api(), routes.priced())
 
 
 @serve.deployment
@@ -165,10 +185,13 @@ class Ingress:
     ) -> None:
         self.parts: IngressParts = compose(args, handles, ray_platform(args.app_name))
         self.parts.start()
+        self.billing = None
+        if args.billing is not None:
+            self.billing = AggregatorProbe(args.app_name, args.billing.meter_shards)
 
     def __serve_build_asgi_app__(self) -> IngressASGI:
         """Serve calls this once the constructor has run: the ASGI app of this replica."""
-        return build_asgi(self.parts)
+        return build_asgi(self.parts, self.billing)
 
     async def __del__(self) -> None:
         parts = getattr(self, "parts", None)  # absent if the constructor failed

@@ -12,6 +12,7 @@ from typing import Any
 from serve_app.admission import AdmissionGate, AdmissionLimits
 from serve_app.cluster.state import ClusterState
 from serve_app.errors import AdmissionUnavailable, Forbidden, NotFound, Unauthorized
+from serve_app.ingress import readiness
 from serve_app.ingress.auth import TenantDirectory
 from serve_app.ingress.documents import candidate_json, usd
 from serve_app.ingress.policy_view import PolicyView
@@ -148,6 +149,20 @@ class Views:
             "replicas_age_s": round(now - replicas_at, 3) if replicas_at else None,
             "admission": self.admission_health(),
         }
+
+    def ready(self, billing_running: bool | None) -> dict[str, Any]:
+        """`GET /readyz`: whether a request sent now is served without waiting on start-up
+        (the rule: `readiness.py`); `billing_running` is None where billing is off."""
+        admission = self.admission_health()
+        snapshot = self.state.snapshot()
+        models = self.policy.policy.models
+        return readiness.assess(
+            {m.id: snapshot.load(m.id) for m in models},
+            {m.id: m.autoscaling.min_replicas for m in models},
+            live_state=readiness.fresh(self.state.refreshed_at, time.time()),
+            admission=None if admission is None else bool(admission["redis_up"]),
+            billing=billing_running,
+        ).document(self.policy.version)
 
     def models(self, tenant: Tenant) -> dict[str, Any]:
         plan = self.book.plans[tenant.plan]
