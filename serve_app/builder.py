@@ -28,13 +28,16 @@ from serve_app.errors import PolicyError, PolicyIssue
 from serve_app.ingress.app import Ingress
 from serve_app.ingress.compose import BillingArgs, IngressArgs
 from serve_app.models.deployment import ModelServer
+from serve_app.models.ray_llm.spec import deployment_options as ray_llm_options, ray_llm_issues
 from serve_app.policy import LoadedPolicy, load_policy_dict, load_policy_file
 from serve_app.policy.schema import BackendKind, ModelSpec
 from serve_app.pricing.book import SCALE_DOWN_DELAY_S
 from serve_app.settings import Settings
 
 DEFAULT_APP_NAME = "rtcts"
-SUPPORTED_BACKENDS = frozenset({BackendKind.SIMULATED, BackendKind.OPENAI_UPSTREAM})
+SUPPORTED_BACKENDS = frozenset(
+    {BackendKind.SIMULATED, BackendKind.OPENAI_UPSTREAM, BackendKind.RAY_SERVE_LLM}
+)
 
 
 class AppArgs(BaseModel):
@@ -52,8 +55,24 @@ class AppArgs(BaseModel):
     time_scale: float = Field(
         default=1.0, ge=0, description="Simulated models run this much slower (1 = real time)."
     )
+    cold_start_scale: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Simulated cold starts take this share of the policy's cold_start_s "
+        "(times time_scale); the pricing still sees the policy's figure. `rtcts run` "
+        "shortens them (--cold-start-scale); 1 elsewhere.",
+    )
     failure_rate: float = Field(
         default=0.0, ge=0, lt=1, description="Simulated models fail this share of requests."
+    )
+    model_scale_down_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds of idleness after which a model deployment drops a replica "
+        "(Serve's downscale_delay_s and look_back_period_s); tests and demos shorten it. "
+        "None: SCALE_DOWN_DELAY_S, which the pricing amortizes cold starts over whatever "
+        "this says.",
     )
     redis_url: str | None = Field(
         default=None,
@@ -109,9 +128,14 @@ class AppArgs(BaseModel):
         return load_policy_file(Path(self.policy_path))
 
 
-def model_deployment_options(spec: ModelSpec) -> dict[str, Any]:
+def model_deployment_options(
+    spec: ModelSpec, *, scale_down_s: float | None = None
+) -> dict[str, Any]:
     """Serve options of one model's deployment, from the policy (also serve_config.yaml)."""
     scaling = spec.autoscaling
+    idle: dict[str, float] = {"downscale_delay_s": SCALE_DOWN_DELAY_S}
+    if scale_down_s is not None:
+        idle = {"downscale_delay_s": scale_down_s, "look_back_period_s": scale_down_s}
     return {
         "name": spec.id,
         "max_ongoing_requests": 2 * spec.throughput.max_concurrent_sequences,
@@ -121,7 +145,7 @@ def model_deployment_options(spec: ModelSpec) -> dict[str, Any]:
             "max_replicas": scaling.max_replicas,
             "target_ongoing_requests": scaling.target_ongoing_requests,
             "upscale_delay_s": 0.5,
-            "downscale_delay_s": SCALE_DOWN_DELAY_S,
+            **idle,
         },
         "ray_actor_options": {"num_cpus": 0},
         "health_check_period_s": 2.0,
@@ -150,19 +174,28 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
     ]
     if unsupported:
         raise PolicyError(loaded.source, unsupported)
+    ray_llm = [  # the llm extra installed, a valid LLMConfig, vLLM where it is asked for
+        issue
+        for i, m in enumerate(loaded.policy.models)
+        if m.backend is BackendKind.RAY_SERVE_LLM
+        for issue in ray_llm_issues(i, m)
+    ]
+    if ray_llm:
+        raise PolicyError(loaded.source, ray_llm)
     # The environment is read here, once, and passed down as typed arguments.
     settings = Settings.from_env()
     access_log = settings.access_log if app_args.access_log is None else app_args.access_log
     logging_options = deployment_logging_options(access_log)
 
     handles = {
-        spec.id: serve.deployment(ModelServer)  # type: ignore[attr-defined]
-        .options(**model_deployment_options(spec), **logging_options)
+        spec.id: _model_deployment(spec, app_args)
+        .options(**logging_options)
         .bind(
             spec.model_dump(mode="json"),
             app_args.time_scale,
             app_args.failure_rate,
             app_args.natural_output,
+            cold_start_scale=app_args.cold_start_scale,
         )
         for spec in loaded.policy.models
     }
@@ -173,6 +206,18 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
         **logging_options,
     )
     return ingress.bind(ingress_args(app_args, loaded, settings), handles)  # type: ignore[no-any-return]
+
+
+def _model_deployment(spec: ModelSpec, app_args: AppArgs) -> Any:
+    """The deployment of one model with its options: `ModelServer` with its backend, or
+    Ray Serve LLM's `LLMServer` (`RayLLMServer`, imported only then: the llm extra)."""
+    options = model_deployment_options(spec, scale_down_s=app_args.model_scale_down_s)
+    if spec.backend is BackendKind.RAY_SERVE_LLM:
+        from serve_app.models.ray_llm.server import RayLLMServer
+
+        options = ray_llm_options(spec, options)
+        return serve.deployment(RayLLMServer).options(**options)  # type: ignore[attr-defined]
+    return serve.deployment(ModelServer).options(**options)  # type: ignore[attr-defined]
 
 
 def ingress_args(app_args: AppArgs, loaded: LoadedPolicy, settings: Settings) -> IngressArgs:

@@ -4,6 +4,10 @@ Each replica loads its backend in its (async) constructor, which is the cold sta
 Serve shows the replica as STARTING until the constructor returns. From its first line
 the replica pushes a `ReplicaReport` to the load registry every `report_period_s`, so
 the ingress sees a starting replica, then its live batch and queue.
+
+`cold_start_scale` shortens a simulated cold start (local runs) without changing what
+the pricing sees: the backend sleeps the shortened start, and the reports count its
+progress in policy seconds, from the policy's full `cold_start_s` down to 0.
 """
 
 from __future__ import annotations
@@ -61,16 +65,22 @@ class ModelServer:
         failure_rate: float = 0.0,
         natural_output: bool = True,
         report_period_s: float = REPORT_PERIOD_S,
+        *,
+        cold_start_scale: float = 1.0,
     ) -> None:
         self._spec = ModelSpec.model_validate(spec)
+        simulated = self._spec.model_copy(
+            update={"cold_start_s": self._spec.cold_start_s * cold_start_scale}
+        )
         self._backend = make_backend(
-            self._spec,
+            simulated,
             time_scale=time_scale,
             failure_rate=failure_rate,
             natural_output=natural_output,
         )
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._time_scale = time_scale
+        self._cold_start_scale = cold_start_scale
         self._created = time.monotonic()
         self._warm = False
         self._stats = ServiceStats()
@@ -136,11 +146,13 @@ class ModelServer:
     def _report(self) -> None:
         load = self._backend.load()
         warm = self._warm and load.warm
-        # Reports speak policy seconds: a simulation at time_scale 0.1 runs 10x faster.
+        # Reports speak policy seconds: a simulation at time_scale 0.1 runs 10x faster,
+        # and a cold start shortened by cold_start_scale counts down the policy's full one.
         scale = self._time_scale or 1.0
         start_remaining = 0.0
         if not warm:
-            elapsed = (time.monotonic() - self._created) / scale
+            start_scale = scale * (self._cold_start_scale or 1.0)
+            elapsed = (time.monotonic() - self._created) / start_scale
             start_remaining = max(0.0, self._spec.cold_start_s - elapsed)
         now = time.monotonic()
         ages = [now - t for t in self._running.values()]
