@@ -11,6 +11,9 @@
                                     the local billing ledger against Stripe (REDIS_URL)
     rtcts demo [--url U] [--speed X] [--duration-s S] [--dry-run] ...
                                     replay a trace against a running rtcts, live table
+    rtcts backtest [--spike] [--policies P,...] [--json] [--html F] [--png F] ...
+                                    replay a trace through the pricing policies in
+                                    simulated time, no Ray (serve_app/backtest/command.py)
 
 Errors are one line each on stderr with a non-zero exit; never a stack trace.
 """
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serve_app.backtest.command import add_backtest_command
 from serve_app.errors import RtctsError
 from serve_app.policy import hash_api_key, load_policy_file
 from serve_app.pricing import ClusterSnapshot, PriceBook, PriceRequest
@@ -109,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dry-run", action="store_true", help="only print what would be sent")
     demo.set_defaults(handler=_demo)
+
+    add_backtest_command(commands)  # its options and output: serve_app/backtest/command.py
 
     rec = commands.add_parser(
         "reconcile", help="compare the local billing ledger with Stripe; exit 1 on drift"
