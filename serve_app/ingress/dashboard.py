@@ -100,6 +100,7 @@ async def dashboard_document(figures: LiveFigures, views: Views) -> dict[str, An
     unread: list[str] = []
     starts = figures.tally.starts()
     try:
+        await figures.tally.flush()  # this replica's latest counts too
         buckets = await figures.tally.window()
     except Exception:  # Redis down: the live figures still show, the counts do not
         buckets, unread = {}, ["counts"]

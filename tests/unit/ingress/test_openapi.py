@@ -54,6 +54,7 @@ ROUTES = {
     ("get", "/v1/admin/usage/{tenant_id}"),
     ("get", "/v1/admin/billing"),
     ("post", "/v1/admin/reconcile"),
+    ("get", "/v1/admin/dashboard"),
     ("get", "/healthz"),
 }
 DOCUMENT_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -248,6 +249,9 @@ ANSWERS = [
     ("get", "/v1/admin/billing", None, TENANT, None, 403),
     ("get", "/v1/admin/billing", None, ADMIN, None, 404),  # billing not configured
     ("post", "/v1/admin/reconcile", None, ADMIN, None, 404),
+    ("get", "/v1/admin/dashboard", None, {}, None, 401),
+    ("get", "/v1/admin/dashboard", None, TENANT, None, 403),
+    ("get", "/v1/admin/dashboard", None, ADMIN, None, 200),  # after the chats above
 ]
 
 
