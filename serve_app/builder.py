@@ -35,6 +35,10 @@ from serve_app.pricing.book import SCALE_DOWN_DELAY_S
 from serve_app.settings import Settings
 
 DEFAULT_APP_NAME = "rtcts"
+SERVE_METRICS_INTERVAL_S = 10.0
+"""Serve's autoscaling metrics interval (its default); a look-back must be longer."""
+SERVE_LOOK_BACK_S = 30.0
+"""Serve's default autoscaling look-back window."""
 SUPPORTED_BACKENDS = frozenset(
     {BackendKind.SIMULATED, BackendKind.OPENAI_UPSTREAM, BackendKind.RAY_SERVE_LLM}
 )
@@ -69,10 +73,10 @@ class AppArgs(BaseModel):
     model_scale_down_s: float | None = Field(
         default=None,
         gt=0,
-        description="Seconds of idleness after which a model deployment drops a replica "
-        "(Serve's downscale_delay_s and look_back_period_s); tests and demos shorten it. "
-        "None: SCALE_DOWN_DELAY_S, which the pricing amortizes cold starts over whatever "
-        "this says.",
+        description="Seconds a model deployment waits before dropping an idle replica "
+        "(Serve's downscale_delay_s; its look-back window shrinks to at most this, not "
+        "below 11 s); tests and demos shorten it. None: SCALE_DOWN_DELAY_S, which the "
+        "pricing amortizes cold starts over whatever this says.",
     )
     redis_url: str | None = Field(
         default=None,
@@ -134,8 +138,9 @@ def model_deployment_options(
     """Serve options of one model's deployment, from the policy (also serve_config.yaml)."""
     scaling = spec.autoscaling
     idle: dict[str, float] = {"downscale_delay_s": SCALE_DOWN_DELAY_S}
-    if scale_down_s is not None:
-        idle = {"downscale_delay_s": scale_down_s, "look_back_period_s": scale_down_s}
+    if scale_down_s is not None:  # Serve wants a look-back longer than its metrics interval
+        look_back_s = min(SERVE_LOOK_BACK_S, max(scale_down_s, SERVE_METRICS_INTERVAL_S + 1))
+        idle = {"downscale_delay_s": scale_down_s, "look_back_period_s": look_back_s}
     return {
         "name": spec.id,
         "max_ongoing_requests": 2 * spec.throughput.max_concurrent_sequences,

@@ -26,6 +26,7 @@ from serve_app.builder import (
 from serve_app.errors import PolicyError
 from serve_app.policy import load_policy_dict
 from serve_app.policy.schema import BackendKind
+from serve_app.pricing.book import SCALE_DOWN_DELAY_S
 from tests.fakes import model_dict, policy_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,6 @@ def test_either_one_alone_is_accepted(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------ supported backends
 
-UNSUPPORTED = sorted(set(BackendKind) - SUPPORTED_BACKENDS, key=lambda kind: kind.value)
 SUPPORTED = sorted(SUPPORTED_BACKENDS, key=lambda kind: kind.value)
 
 
@@ -75,16 +75,25 @@ def _name(kind: BackendKind) -> str:
 
 
 def _model_on(backend: BackendKind, model_id: str) -> dict[str, Any]:
-    upstream = {"upstream_url": "http://127.0.0.1:8000"}
-    extra = upstream if backend is BackendKind.OPENAI_UPSTREAM else {}
+    extra: dict[str, Any] = {
+        BackendKind.OPENAI_UPSTREAM: {"upstream_url": "http://127.0.0.1:8000"},
+        BackendKind.RAY_SERVE_LLM: {"ray_serve_llm": {"engine": "simulated"}},
+    }.get(backend, {})
     return model_dict(model_id, backend=backend.value, **extra)
 
 
-@pytest.mark.parametrize("backend", UNSUPPORTED, ids=_name)
+def test_every_backend_is_supported() -> None:
+    assert set(BackendKind) == SUPPORTED_BACKENDS
+
+
+@pytest.mark.parametrize("backend", SUPPORTED, ids=_name)
 def test_a_model_on_an_unsupported_backend_is_a_policy_error_naming_it(
-    backend: BackendKind,
+    monkeypatch: pytest.MonkeyPatch, backend: BackendKind
 ) -> None:
-    policy = policy_dict(models=[model_dict("served"), _model_on(backend, "not-yet")])
+    # Every backend is supported today: the rule is kept, each backend in turn withdrawn.
+    monkeypatch.setattr(builder, "SUPPORTED_BACKENDS", SUPPORTED_BACKENDS - {backend})
+    served = next(kind for kind in SUPPORTED if kind is not backend)
+    policy = policy_dict(models=[_model_on(served, "served"), _model_on(backend, "not-yet")])
     load_policy_dict(policy)  # a valid policy: only the builder refuses it
 
     with pytest.raises(PolicyError) as refused:
@@ -100,6 +109,34 @@ def test_a_model_on_a_supported_backend_builds_an_application(backend: BackendKi
     app = build_app({"policy": policy_dict(models=[_model_on(backend, "m")])})
 
     assert isinstance(app, Application)
+
+
+def test_a_ray_serve_llm_model_with_an_invalid_llm_config_is_a_policy_error() -> None:
+    model = model_dict(
+        "llm", backend="ray_serve_llm", ray_serve_llm={"accelerator_type": "not-a-gpu"}
+    )
+    policy = policy_dict(models=[model_dict("served"), model])
+    load_policy_dict(policy)  # valid for the schema: Ray's LLMConfig refuses it
+
+    with pytest.raises(PolicyError) as refused:
+        build_app({"policy": policy})
+
+    assert [issue.path for issue in refused.value.issues] == ["models[1].ray_serve_llm"]
+    assert "not-a-gpu" in str(refused.value)
+
+
+def test_a_model_scale_down_override_sets_the_delay_and_the_look_back() -> None:
+    spec = load_policy_dict(policy_dict()).policy.models[0]
+
+    default = model_deployment_options(spec)["autoscaling_config"]
+    short = model_deployment_options(spec, scale_down_s=2.0)["autoscaling_config"]
+    mid = model_deployment_options(spec, scale_down_s=20.0)["autoscaling_config"]
+
+    assert default["downscale_delay_s"] == SCALE_DOWN_DELAY_S
+    assert "look_back_period_s" not in default  # Serve's own (30 s)
+    assert (short["downscale_delay_s"], short["look_back_period_s"]) == (2.0, 11.0)
+    assert (mid["downscale_delay_s"], mid["look_back_period_s"]) == (20.0, 20.0)
+    assert isinstance(build_app({"policy": policy_dict(), "model_scale_down_s": 2}), Application)
 
 
 def test_the_shipped_policy_file_builds_an_application() -> None:
