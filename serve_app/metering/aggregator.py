@@ -71,7 +71,7 @@ class AggregatorConfig:
     """"v1": one meter event per window; "v2": meter event streams, 100 events a call."""
     customers: tuple[tuple[str, str], ...] = ()
     """(Stripe customer id, tenant id) of every tenant: checked or created at start-up."""
-    setup_retry_max_s: float = 300.0
+    setup_retry_max_s: float = 60.0
     """A failed Stripe set-up is retried with backoff up to this long apart (folding and
     closing go on meanwhile; sending waits: `sink_setup.py`)."""
 
@@ -109,7 +109,7 @@ class AggregatorLoop:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         customers: Sequence[tuple[str, str]] = (),
-        setup_retry_max_s: float = 300.0,
+        setup_retry_max_s: float = 60.0,
         peers: Sequence[MeterLedger] = (),
     ) -> None:
         """`customers` ((Stripe customer id, tenant id) pairs) are checked, with the

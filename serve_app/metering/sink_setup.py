@@ -12,7 +12,9 @@ go on whatever Stripe says, and only sending waits. `SinkSetup` holds what may b
 - anything else (a meter with other settings, Stripe unreachable, a refused key): nothing
   (a meter that sums differently would bill wrongly; an unchecked one may not exist).
 
-The check is retried with exponential backoff up to `retry_max_s`, and `health()` says
+The check is retried with exponential backoff (up to `TRANSIENT_RETRY_MAX_S` apart while
+Stripe is unreachable, up to `retry_max_s` for a problem a person must fix; a retry goes
+on from the customers already found), and `health()` says
 what is wrong and since when (the aggregator writes it to Redis, so the billing health
 of `/v1/admin/billing` shows it too). Texts never carry the API key: the sink's errors
 are redacted, and a problem text is the report's or the exception type's.
@@ -27,13 +29,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from serve_app.metering.stripe_setup import SetupReport, StripeSetupError
-from serve_app.metering.types import SyncError
+from serve_app.metering.types import RetryableSyncError, SyncError
 
 logger = logging.getLogger("rtcts.aggregator")
 
 RETRY_BASE_S = 1.0
 """The first retry of a failed set-up comes this long after it; each later one twice as
 long, up to the aggregator's `setup_retry_max_s`."""
+TRANSIENT_RETRY_MAX_S = 5.0
+"""Retries after Stripe was unreachable or rate limiting (`RetryableSyncError`) come at
+most this far apart: each try needs several calls in a row to go through, so long waits
+would leave billing stopped long after Stripe is back. A problem that needs a person
+(a wrong meter, a missing customer) is retried up to `setup_retry_max_s` apart."""
 
 
 @runtime_checkable
@@ -88,7 +95,7 @@ class SinkSetup:
         customers: Sequence[tuple[str, str]],
         event_names: Sequence[str],
         *,
-        retry_max_s: float = 300.0,
+        retry_max_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -120,7 +127,10 @@ class SinkSetup:
             await self._sink.ensure_setup(self._customers, self._event_names)
         except Exception as exc:  # whatever it is, folding goes on; sending waits
             self.status = self._failed(exc)
-            delay = min(self._retry_max_s, RETRY_BASE_S * 2.0 ** (self.status.attempts - 1))
+            cap = self._retry_max_s
+            if isinstance(exc, RetryableSyncError):
+                cap = min(cap, TRANSIENT_RETRY_MAX_S)
+            delay = min(cap, RETRY_BASE_S * 2.0 ** (self.status.attempts - 1))
             self._next_try = self._clock() + delay
             if self.status.problem != before.problem:
                 logger.error(

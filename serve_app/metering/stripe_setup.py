@@ -104,7 +104,9 @@ async def ensure_meters_and_customers(
     """Make sure each meter and customer exists; raise `StripeSetupError` if not.
 
     `customers`: (stripe_customer_id, display name) pairs; each one Stripe has (found
-    or created) is added to `known_customers`. Stripe's errors propagate.
+    or created) is added to `known_customers`, and one already there is not asked again
+    (a retry after a failed call goes on from where it stopped). Stripe's errors
+    propagate.
     """
     existing = await active_meters(client)
     meters: dict[str, str] = {}
@@ -133,6 +135,8 @@ async def ensure_meters_and_customers(
     created: list[str] = []
     missing: list[str] = []
     for cid, display in dict(customers).items():
+        if cid in known_customers:
+            continue  # found or created by an earlier try: a retry makes progress
         if await customer_exists(client, cid):
             known_customers.add(cid)
             continue

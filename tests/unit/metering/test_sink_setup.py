@@ -7,7 +7,7 @@ import asyncio
 import itertools
 from collections.abc import Iterable
 
-from serve_app.metering.sink_setup import SinkSetup
+from serve_app.metering.sink_setup import TRANSIENT_RETRY_MAX_S, SinkSetup
 from serve_app.metering.stripe_setup import SetupReport, StripeSetupError
 from serve_app.metering.types import METER_EVENTS, RetryableSyncError
 from tests.fakes import FakeClock
@@ -65,7 +65,7 @@ def test_a_wrong_meter_or_an_unreachable_stripe_holds_everything() -> None:
 
 def test_retries_back_off_up_to_the_cap_then_the_status_clears() -> None:
     clock = FakeClock(0.0)
-    sink = ScriptedSetup(*(RetryableSyncError("down") for _ in range(8)))
+    sink = ScriptedSetup(*(_missing("cus_b", meter_problem=True) for _ in range(8)))
     setup = SinkSetup(sink, [], METER_EVENTS, retry_max_s=10.0, clock=clock, wall=clock)
     tries_at: list[float] = []
     while not setup.done:
@@ -87,3 +87,19 @@ def test_a_sink_without_set_up_needs_none_and_no_sink_sends_nothing() -> None:
 
     assert SinkSetup(Plain(), [], METER_EVENTS).status.ok
     assert SinkSetup(None, [], METER_EVENTS).status.hold_all
+
+
+def test_an_unreachable_stripe_is_retried_every_few_seconds_at_most() -> None:
+    clock = FakeClock(0.0)
+    sink = ScriptedSetup(*(RetryableSyncError("down") for _ in range(8)))
+    setup = SinkSetup(sink, [], METER_EVENTS, retry_max_s=60.0, clock=clock, wall=clock)
+    tries_at: list[float] = []
+    while not setup.done:
+        before = sink.calls
+        asyncio.run(setup.ensure())
+        if sink.calls > before:
+            tries_at.append(clock.now)
+        clock.now += 0.5
+    gaps = [b - a for a, b in itertools.pairwise(tries_at)]
+    assert gaps[:3] == [1.0, 2.0, 4.0]
+    assert max(gaps) == TRANSIENT_RETRY_MAX_S
