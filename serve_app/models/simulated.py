@@ -19,12 +19,15 @@ latencies and load agree with what the pricing core predicts:
   prefill and leave as soon as they finish; the loop sleeps on an event when idle.
   A step that overslept (timers are coarse: ~1 ms) shortens the next ones, so the
   steps keep their scaled rate on average even when a step is shorter than a timer tick.
-- **Output length.** `min(max_tokens, max_output_tokens, natural)`, where the natural
-  length is a deterministic function of the prompt and `seed` (uniform in
-  `natural_output_tokens`, default 16..512): shorter than the cap ends with
-  finish_reason "stop", else "length". `natural_output_tokens=None` always fills the cap.
-  Token counts are real (`serve_app.models.tokens`): the prompt is counted with
-  `count_chat_tokens`, and the output is exactly as many tokens as were generated.
+- **Output.** Decided up front and deterministically by `simulated_output.py`: text
+  of a natural length (a function of the prompt and `seed`, uniform in
+  `natural_output_tokens`, default 16..512; `None` always fills the cap) cut at
+  `min(max_tokens, max_output_tokens)`; `stop`, tool calls, JSON response formats,
+  logprobs and `n` choices (each on a batch slot of its own) as that module says.
+  Token counts are real (`serve_app.models.tokens`): the prompt, tool definitions
+  included, is counted with `count_chat_tokens`, the output is the tokens generated.
+- **Embeddings.** `embed` holds one slot for the prefill of its inputs and returns
+  deterministic unit vectors.
 - **Failure injection.** With probability `failure_rate` a request fails after a few
   tokens with `GenerationFailed` (and frees its slot); `fail_all` fails every request.
 
@@ -40,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import random
 import time
 from collections import deque
@@ -52,12 +54,18 @@ from serve_app.models.backend import (
     BackendUnavailable,
     Completion,
     Delta,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     GenerationFailed,
     GenerationRequest,
     LoadReport,
+    RequestRejected,
 )
-from serve_app.models.tokens import count_chat_tokens, generate_text
+from serve_app.models.deltas import ChoiceCollector
+from serve_app.models.json_instance import SchemaUnsupported
+from serve_app.models.simulated_output import PlannedChoice, embedding_vector, plan_output
+from serve_app.models.tokens import count_chat_tokens, count_prompt_tokens, count_tokens
 from serve_app.pricing.book import ModelProfile
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -66,6 +74,8 @@ Clock = Callable[[], float]
 DEFAULT_NATURAL_OUTPUT_TOKENS: Final = (16, 512)
 MAX_TOKENS_BEFORE_FAILURE: Final = 4
 """An injected failure strikes after 1 to this many tokens (fewer when the output is short)."""
+EMBEDDING_DIMENSIONS: Final = 256
+"""Length of a simulated embedding when the request sets no `dimensions`."""
 
 
 class _Sequence:
@@ -130,7 +140,8 @@ class SimulatedLLM:
         self._wake = asyncio.Event()
 
         self._slots_used = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
+        """Requests waiting for slots, with how many each needs (one per choice)."""
         self._active: set[_Sequence] = set()
         """Sequences holding a slot (prefilling or decoding)."""
         self._batch: dict[_Sequence, None] = {}
@@ -203,125 +214,178 @@ class SimulatedLLM:
         """Generate the whole answer; ttft_s and total_s are measured on the clock."""
         began = self._clock()
         ttft_s: float | None = None
-        texts: list[str] = []
+        choices: dict[int, ChoiceCollector] = {}
         last: Delta | None = None
         async with contextlib.aclosing(self.stream(request)) as deltas:
             async for delta in deltas:
                 if ttft_s is None:
                     ttft_s = self._clock() - began
-                texts.append(delta.text)
+                choices.setdefault(delta.index, ChoiceCollector()).add(delta)
                 last = delta
         if (
             last is None
             or ttft_s is None
-            or last.finish_reason is None
             or last.input_tokens is None
             or last.output_tokens is None
+            or any(c.finish_reason is None for c in choices.values())
         ):
             raise GenerationFailed("stream ended without its final delta")  # not reached
+        outputs = tuple(choices[i].output(i) for i in sorted(choices))
+        plain = len(outputs) == 1 and not outputs[0].tool_calls and outputs[0].logprobs is None
         return Completion(
-            text="".join(texts),
-            finish_reason=last.finish_reason,
+            text=outputs[0].text,
+            finish_reason=outputs[0].finish_reason,
             input_tokens=last.input_tokens,
             output_tokens=last.output_tokens,
             ttft_s=ttft_s,
             total_s=self._clock() - began,
+            choices=() if plain else outputs,
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
-        """One Delta per token; the last carries finish_reason and usage.
+        """One Delta per token (a tool's name comes whole, with its last token); each
+        choice's last Delta has its finish_reason, the stream's last one the usage.
 
-        Stopping early (aclose, cancellation) frees the request's slot at once.
+        The choices decode side by side, one batch slot each (taken together, so two
+        requests never wait on each other's half-held slots). Stopping early (aclose,
+        cancellation) frees the request's slots at once.
         """
         if request.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
         if not self._warm:
             raise BackendUnavailable("backend is closed" if self._closed else "model not loaded")
-        seq = self._plan(request)
-        await self._acquire_slot()
-        if self._closed:  # closed while this request was being handed a slot
-            self._release_slot()
+        planned, seqs = self._plan(request)
+        await self._acquire_slots(len(seqs))
+        if self._closed:  # closed while this request was being handed its slots
+            self._release_slots(len(seqs))
             raise BackendUnavailable("backend is closed")
-        self._active.add(seq)
+        self._active.update(seqs)
         try:
             await self._pause(
-                seq.input_tokens / self.profile.prefill_tokens_per_s * self.time_scale
+                seqs[0].input_tokens / self.profile.prefill_tokens_per_s * self.time_scale
             )
-            if not seq.done:
-                self._emit(seq)  # prefill yields the first token
-            if not seq.done:
-                self._batch[seq] = None
-                self._wake.set()
-            for index in range(len(seq.texts)):
-                item = await seq.outbox.get()
-                if isinstance(item, BackendError):
-                    raise item
-                if index + 1 < len(seq.texts):
-                    yield Delta(text=item)
-                else:
-                    yield Delta(
-                        text=item,
-                        finish_reason=seq.finish_reason,
-                        input_tokens=seq.input_tokens,
-                        output_tokens=len(seq.texts),
-                    )
+            for seq in seqs:
+                if not seq.done:
+                    self._emit(seq)  # prefill yields the first token
+                if not seq.done:
+                    self._batch[seq] = None
+            self._wake.set()
+            output_tokens = sum(len(seq.texts) for seq in seqs)
+            read = [0] * len(seqs)
+            remaining = list(range(len(seqs)))
+            while remaining:
+                for index in list(remaining):
+                    seq = seqs[index]
+                    item = await seq.outbox.get()
+                    if isinstance(item, BackendError):
+                        raise item
+                    position = read[index]
+                    read[index] += 1
+                    fields = planned[index].delta_fields(position)
+                    if read[index] == len(seq.texts):
+                        remaining.remove(index)
+                        fields["finish_reason"] = seq.finish_reason
+                        if not remaining:
+                            fields["input_tokens"] = seq.input_tokens
+                            fields["output_tokens"] = output_tokens
+                    if fields:
+                        yield Delta(**{"text": "", **fields, "index": planned[index].index})
         finally:
-            self._drop(seq)
+            for seq in seqs:
+                self._drop(seq)
 
-    def _plan(self, request: GenerationRequest) -> _Sequence:
-        """Everything about a request's output, decided up front and deterministically."""
-        input_tokens = count_chat_tokens(request.messages)
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(repr(request.seed).encode())
-        for message in request.messages:
-            digest.update(b"\0" + message.role.encode() + b"\0" + message.content.encode())
-        key = int.from_bytes(digest.digest(), "big")
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Deterministic unit vectors (`dimensions`, else `EMBEDDING_DIMENSIONS`), after a
+        prefill of every input's tokens on one batch slot."""
+        if not self._warm:
+            raise BackendUnavailable("backend is closed" if self._closed else "model not loaded")
+        began = self._clock()
+        tokens = sum(len(x) if isinstance(x, tuple) else count_tokens(x) for x in request.inputs)
+        await self._acquire_slots(1)
+        try:
+            await self._pause(tokens / self.profile.prefill_tokens_per_s * self.time_scale)
+        finally:
+            self._release_slots(1)
+        size = request.dimensions or EMBEDDING_DIMENSIONS
+        return Embeddings(
+            tuple(embedding_vector(item, size) for item in request.inputs),
+            tokens,
+            self._clock() - began,
+        )
 
+    def _plan(self, request: GenerationRequest) -> tuple[list[PlannedChoice], list[_Sequence]]:
+        """Every choice's output, decided up front and deterministically
+        (`simulated_output.py`), and one sequence per choice."""
+        if request.choices > self.profile.max_concurrent_sequences:
+            raise RequestRejected(
+                f"{request.choices} choices exceed the model's batch of "
+                f"{self.profile.max_concurrent_sequences} sequences",
+                param="n",
+            )
+        if request.prompt is not None:
+            input_tokens = count_prompt_tokens(request.prompt)
+        else:
+            input_tokens = count_chat_tokens(request.messages, request.tools)
         cap = min(request.max_tokens, self.profile.max_output_tokens)
-        finish_reason: FinishReason = "length"
-        n_tokens = cap
-        if self._natural is not None:
-            low, high = self._natural
-            natural = low + key % (high - low + 1)
-            if natural < cap:
-                n_tokens, finish_reason = natural, "stop"
-
+        try:
+            planned = plan_output(request, cap=cap, natural=self._natural)
+        except SchemaUnsupported as exc:
+            raise RequestRejected(
+                f"the simulated model cannot follow this json_schema: {exc}",
+                param="response_format",
+            ) from None
         fail_at: int | None = None
+        n_tokens = len(planned[0].pieces)
         if self.failure_rate > 0 and self._rng.random() < self.failure_rate:
             fail_at = (
                 self._rng.randint(1, min(MAX_TOKENS_BEFORE_FAILURE, n_tokens - 1))
                 if n_tokens > 1
                 else 0
             )
-        return _Sequence(generate_text(n_tokens, key), finish_reason, input_tokens, fail_at)
+        seqs = [
+            _Sequence(p.pieces, p.finish_reason, input_tokens, fail_at if i == 0 else None)
+            for i, p in enumerate(planned)
+        ]
+        return planned, seqs
 
     # -- slots -------------------------------------------------------------------------
 
-    async def _acquire_slot(self) -> None:
-        """Take a free slot, or wait in FIFO order until one is handed over."""
-        if self._slots_used < self.profile.max_concurrent_sequences and not self._waiters:
-            self._slots_used += 1
+    async def _acquire_slots(self, count: int) -> None:
+        """Take `count` free slots at once, or wait in FIFO order until they are handed over."""
+        free = self.profile.max_concurrent_sequences - self._slots_used
+        if count <= free and not self._waiters:
+            self._slots_used += count
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, count)
+        self._waiters.append(entry)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release_slot()  # handed a slot just as we were cancelled
+                self._release_slots(count)  # handed the slots just as we were cancelled
             else:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                    self._waiters.remove(entry)
+                self._grant()  # a smaller request behind may fit now
             raise
 
-    def _release_slot(self) -> None:
-        """Hand the slot to the first live waiter, or free it."""
+    def _release_slots(self, count: int) -> None:
+        """Free `count` slots and hand them to the waiters in order, while they fit."""
+        self._slots_used -= count
+        self._grant()
+
+    def _grant(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            waiter, count = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if count > self.profile.max_concurrent_sequences - self._slots_used:
                 return
-        self._slots_used -= 1
+            self._waiters.popleft()
+            self._slots_used += count
+            waiter.set_result(None)
 
     def _drop(self, seq: _Sequence) -> None:
         """The sequence is over (finished, failed or abandoned): leave batch, free slot."""
@@ -329,7 +393,7 @@ class SimulatedLLM:
         self._batch.pop(seq, None)
         if seq in self._active:
             self._active.discard(seq)
-            self._release_slot()
+            self._release_slots(1)
 
     def _fail(self, seq: _Sequence, error: BackendError) -> None:
         seq.outbox.put_nowait(error)
@@ -337,7 +401,7 @@ class SimulatedLLM:
 
     def _fail_everything(self, error: Callable[[], BackendError]) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, _ = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error())
         for seq in list(self._active):

@@ -8,7 +8,11 @@ per token; punctuation is its own token), which is all rtcts needs: counts that 
 real (they grow with the text), cheap, and the same on every machine and every run.
 
 `count_chat_tokens` adds a fixed framing overhead per message and per reply, as chat
-templates do (OpenAI documents ~3-4 tokens per message and 3 to prime the reply).
+templates do (OpenAI documents ~3-4 tokens per message and 3 to prime the reply). Tool
+definitions are prompt too (chat templates render them into it): their JSON is counted;
+an assistant's tool calls count their function names and arguments; an image counts
+`IMAGE_TOKENS` (OpenAI's base for a low-detail image). An engine that reports its own
+usage is billed on its figures; these are the ingress's estimate and the simulation's.
 
 `generate_text` makes the simulated model's output: `n` token strings that, joined,
 count as exactly `n` tokens under `count_tokens`.
@@ -16,9 +20,11 @@ count as exactly `n` tokens under `count_tokens`.
 
 from __future__ import annotations
 
+import json
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from serve_app.models.backend import ChatMessage
 
@@ -28,6 +34,8 @@ MESSAGE_OVERHEAD_TOKENS = 4
 """Framing tokens of one chat message (role and separators)."""
 REPLY_PRIMING_TOKENS = 3
 """Tokens that prime the assistant's reply, once per request."""
+IMAGE_TOKENS = 85
+"""Prompt tokens of one image (OpenAI's figure for a low-detail image)."""
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -61,11 +69,55 @@ def count_tokens(text: str) -> int:
     return sum(-(-len(m.group()) // PIECE_CHARS) for m in _TOKEN_RE.finditer(text))
 
 
-def count_chat_tokens(messages: Iterable[ChatMessage]) -> int:
-    """Prompt tokens of a chat: each message's content plus its framing, plus the priming."""
-    return REPLY_PRIMING_TOKENS + sum(
-        MESSAGE_OVERHEAD_TOKENS + count_tokens(message.content) for message in messages
-    )
+def count_chat_tokens(
+    messages: Iterable[ChatMessage], tools: Iterable[Mapping[str, Any]] = ()
+) -> int:
+    """Prompt tokens of a chat: each message's content (its tool calls and images too)
+    plus its framing, the priming, and the JSON of the tool definitions."""
+    total = REPLY_PRIMING_TOKENS + sum(_message_tokens(m) for m in messages)
+    tools = tuple(tools)
+    if tools:
+        total += count_tokens(json.dumps(tools, separators=(",", ":")))
+    return total
+
+
+def _message_tokens(message: ChatMessage) -> int:
+    tokens = MESSAGE_OVERHEAD_TOKENS + count_tokens(message.content)
+    for call in message.tool_calls:
+        function = call.get("function")
+        if isinstance(function, Mapping):
+            tokens += count_tokens(str(function.get("name", "")))
+            tokens += count_tokens(str(function.get("arguments", "")))
+    for part in message.parts:
+        if part.get("type") == "image_url":
+            tokens += IMAGE_TOKENS
+    return tokens
+
+
+def count_prompt_tokens(prompts: Iterable[str]) -> int:
+    """Prompt tokens of text completions: each prompt's tokens (no chat framing)."""
+    return sum(count_tokens(prompt) for prompt in prompts)
+
+
+def split_tokens(text: str) -> list[str]:
+    """`text` cut into pieces of one token each that join back into `text` exactly
+    (whitespace goes with the token after it; a last run of whitespace with the one
+    before). Any prefix of the pieces, joined, counts as that many tokens."""
+    pieces: list[str] = []
+    start = 0
+    for match in _TOKEN_RE.finditer(text):
+        word = match.group()
+        lead = text[start : match.start()]
+        cuts = [word[i : i + PIECE_CHARS] for i in range(0, len(word), PIECE_CHARS)]
+        cuts[0] = lead + cuts[0]
+        pieces.extend(cuts)
+        start = match.end()
+    if start < len(text):
+        if pieces:
+            pieces[-1] += text[start:]
+        else:
+            pieces.append(text[start:])
+    return pieces
 
 
 def generate_text(n_tokens: int, seed: int | str) -> list[str]:
