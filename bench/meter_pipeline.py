@@ -774,7 +774,9 @@ async def _lag(
         for event, value in ((METER_EVENT_BILLED, billed), (METER_EVENT_TOKENS, tokens)):
             key = (customer_of(tenant), event)
             expected[key] = expected.get(key, 0) + value
-            ident = identifier(tenant, event, start)
+            ident = identifier(
+                tenant, event, start, window_s=window_s, grace_s=grace_s, layout=ledger.layout
+            )
             closes[ident] = start + window_s + grace_s
             if ident in recorder.acked:
                 acks.append(recorder.acked[ident])

@@ -13,7 +13,7 @@ their fields equal); the other models describe rtcts's own documents.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -321,6 +321,8 @@ class BillingShard(_Document):
     dead_letters: int
     stream_pending: int
     oldest_unsynced_age_s: float | None
+    stripe_setup: dict[str, Any] | None = None
+    """The aggregator's Stripe set-up status, once one published it (`ok`, problems)."""
 
 
 class BillingHealth(_Document):

@@ -414,7 +414,12 @@ class MeterLedger:
             pipe.hlen(k.open)
             pipe.hget(k.name("status"), "stripe_setup")
             pipe.xpending(k.stream, GROUP)
-            dead, open_windows, setup, pending = await pipe.execute()
+            # Before an aggregator created the group (or after Redis lost its data),
+            # XPENDING answers NOGROUP: nothing is pending then, not an error.
+            dead, open_windows, setup, pending = await pipe.execute(raise_on_error=False)
+        for answer in (dead, open_windows, setup):
+            if isinstance(answer, Exception):
+                raise answer
         health: dict[str, Any] = {
             "shard": k.shard,
             "open_windows": int(open_windows),

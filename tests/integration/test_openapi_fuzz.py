@@ -125,12 +125,6 @@ def test_every_route_was_fuzzed_and_answered(served: str) -> None:
         assert any(200 <= s < 300 for s in statuses), (route, statuses)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MeterLedger.health() sends XPENDING on a consumer group that the aggregators "
-    "have not created yet (a replica started before them, or a Redis that lost its data): "
-    "NOGROUP, answered 500. Fix in serve_app/metering/ledger.py (0 pending when NOGROUP).",
-)
 def test_billing_health_before_the_aggregators_created_their_groups(
     redis_url: str, tmp_path: Path
 ) -> None:
