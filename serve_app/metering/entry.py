@@ -32,6 +32,7 @@ import operator
 import os
 import re
 import typing
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,48 @@ class MeterBatch:
         if not isinstance(table, list) or len(table) != int(count) + 1:
             raise ValueError("a spool line whose meters do not match its count")
         return cls(int(shard), batch_id.decode(), text, meters, int(count))
+
+
+STREAM_PREFIX = "rtcts:meters:"
+
+
+def stream_key(shard: int) -> str:
+    """The stream of shard `shard` (a hash tag per shard: one Redis Cluster slot each)."""
+    return f"{STREAM_PREFIX}{{s{shard}}}"
+
+
+def shard_of(tenant_id: str, shards: int) -> int:
+    """The shard a tenant's meters go to: `crc32(tenant_id) % shards`."""
+    return zlib.crc32(tenant_id.encode("utf-8")) % shards
+
+
+def encode_batches(meters: Sequence[Meter], shards: int) -> tuple[list[MeterBatch], list[Meter]]:
+    """One entry per shard present in `meters`, and the meters that could not be encoded
+    (a programming error in one meter must not cost its batch)."""
+    by_shard: dict[int, list[Meter]] = {}
+    if shards == 1:
+        by_shard[0] = list(meters)
+    else:
+        for meter in meters:
+            by_shard.setdefault(shard_of(meter.tenant_id, shards), []).append(meter)
+    batches: list[MeterBatch] = []
+    bad: list[Meter] = []
+    for shard, items in by_shard.items():
+        try:
+            batches.append(encode_batch(items, shard))
+            continue
+        except (TypeError, ValueError, AttributeError):
+            pass
+        kept: list[Meter] = []
+        for meter in items:
+            try:
+                encode_batch([meter], shard)
+            except (TypeError, ValueError, AttributeError):
+                bad.append(meter)
+            else:
+                kept.append(meter)
+        batches.append(encode_batch(kept, shard))
+    return batches, bad
 
 
 def encode_batch(

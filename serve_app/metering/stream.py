@@ -44,7 +44,6 @@ import contextlib
 import logging
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +51,19 @@ from serve_app.admission.breaker import CircuitBreaker
 from serve_app.errors import (  # re-exported: defined in the one error tree
     MeterStreamError as MeterStreamError,
 )
-from serve_app.metering.entry import MeterBatch, encode_batch
+from serve_app.metering.entry import (
+    STREAM_PREFIX as STREAM_PREFIX,
+    MeterBatch,
+    encode_batches,
+    shard_of as shard_of,
+    stream_key as stream_key,
+)
 from serve_app.metering.meter import Meter
 from serve_app.metering.spool import MeterSpool
+from serve_app.metering.stream_replay import ReplayInterrupted, SpoolReplayer
 
 logger = logging.getLogger("rtcts.metering.stream")
 
-STREAM_PREFIX = "rtcts:meters:"
 DEFAULT_SHARDS = 1
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_FLUSH_INTERVAL_S = 0.01
@@ -73,14 +78,6 @@ IDLE_CHECK_S = 1.0
 STOP_REPLAY_WAIT_S = 5.0
 
 
-def stream_key(shard: int) -> str:
-    return f"{STREAM_PREFIX}{{s{shard}}}"
-
-
-def shard_of(tenant_id: str, shards: int) -> int:
-    return zlib.crc32(tenant_id.encode("utf-8")) % shards
-
-
 def _redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError
 
@@ -88,10 +85,6 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 
 _REDIS_ERRORS = _redis_errors()
-
-
-class _ReplayInterrupted(Exception):
-    """Stops a replay between two batches (Redis failed, or the writer is stopping)."""
 
 
 class MeterStreamWriter:
@@ -133,8 +126,6 @@ class MeterStreamWriter:
         self._timeout_s = timeout_s
         self._breaker = breaker or CircuitBreaker()
         self._max_buffered = max_buffered
-        self._replay_batch_size = replay_batch_size or 64
-        self._rescan_s = rescan_s
         self._owns_client = owns_client
 
         self._buffer: list[Meter] = []
@@ -148,18 +139,19 @@ class MeterStreamWriter:
         self._thread_id: int | None = None
         self._after_stop_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._replay_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = False
-        self._spool_pending = True
-        """Spool files may be waiting (ours, or left by a crashed process): replay after
-        the next successful flush or idle ping."""
-        self._next_rescan = 0.0
+        self._replayer = SpoolReplayer(
+            spool,
+            self._send_replayed,
+            shards=shards,
+            batch_size=replay_batch_size or 64,
+            rescan_s=rescan_s,
+        )
 
         self._inflight = 0
         self._written = 0
         self._spooled = 0
-        self._replayed = 0
         self.flushes = 0
         self.failed_flushes = 0
         self.outages = 0
@@ -200,7 +192,7 @@ class MeterStreamWriter:
     @property
     def replayed(self) -> int:
         """Meters sent from spool files to the stream."""
-        return self._replayed
+        return self._replayer.replayed
 
     @property
     def buffered(self) -> int:
@@ -216,7 +208,7 @@ class MeterStreamWriter:
             "redis_up": self.redis_up,
             "written": self._written,
             "spooled": self._spooled,
-            "replayed": self._replayed,
+            "replayed": self._replayer.replayed,
             "buffered": self.buffered,
             "flushes": self.flushes,
             "failed_flushes": self.failed_flushes,
@@ -225,7 +217,7 @@ class MeterStreamWriter:
             "spool_skipped_lines": self._spool.skipped_lines,
             "spool_dead_lettered": self._spool.dead_lettered,
             "dropped": self.dropped,
-            "replaying": self._replay_task is not None and not self._replay_task.done(),
+            "replaying": self._replayer.running,
             "failed_calls": dict(self.failures),
         }
 
@@ -314,10 +306,10 @@ class MeterStreamWriter:
             self.start()  # never started: flush what was emitted
         if self._task is not None:
             await self._task
-        if self._replay_task is not None:
+        if self._replayer.task is not None:
             # It stops between two batches (`_stopping`); the rest stays for next time.
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._replay_task, STOP_REPLAY_WAIT_S)
+                await asyncio.wait_for(self._replayer.task, STOP_REPLAY_WAIT_S)
         self._stopped = True
         if self._buffer:  # emitted while the last replay batch was in flight
             leftovers, self._buffer = self._buffer, []
@@ -338,7 +330,7 @@ class MeterStreamWriter:
                 self._wake.clear()
                 # Idle: still look now and then whether Redis is back (spool waiting) or
                 # another process left spool files, so a replay needs no new traffic.
-                idle_s = IDLE_CHECK_S if self._spool_pending else self._rescan_s
+                idle_s = IDLE_CHECK_S if self._replayer.pending else self._replayer.rescan_s
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), idle_s)
                 if not self._buffer and not self._stopping:
@@ -390,37 +382,20 @@ class MeterStreamWriter:
             else:
                 # Dies here: the entries are fsync'ed in the spool (and maybe in the stream).
                 self._spooled += count
-                self._spool_pending = True
+                self._replayer.pending = True
         finally:
             self._inflight = 0
         if spool_failed and not self._stopping:
             await asyncio.sleep(SPOOL_RETRY_S)  # Redis and disk both failing: don't spin
 
     def _encode(self, meters: list[Meter]) -> list[MeterBatch]:
-        """One entry per shard present in `meters`."""
-        by_shard: dict[int, list[Meter]] = {}
-        if self._shards == 1:
-            by_shard[0] = meters
-        else:
-            for meter in meters:
-                by_shard.setdefault(shard_of(meter.tenant_id, self._shards), []).append(meter)
-        return [self._encode_shard(items, shard) for shard, items in by_shard.items()]
-
-    def _encode_shard(self, meters: list[Meter], shard: int) -> MeterBatch:
-        try:
-            return encode_batch(meters, shard)
-        except (TypeError, ValueError, AttributeError):
-            pass
-        kept: list[Meter] = []
-        for meter in meters:  # a programming error in one meter must not cost the batch
-            try:
-                encode_batch([meter], shard)
-            except (TypeError, ValueError, AttributeError):
-                self.dropped += 1
-                logger.exception("meter %s cannot be encoded; dropped", meter.meter_id)
-            else:
-                kept.append(meter)
-        return encode_batch(kept, shard)
+        """One entry per shard present in `meters` (a meter that cannot be encoded, a
+        programming error, is dropped and logged, never the batch)."""
+        batches, bad = encode_batches(meters, self._shards)
+        for meter in bad:
+            self.dropped += 1
+            logger.error("meter %s cannot be encoded; dropped", meter.meter_id)
+        return batches
 
     def _spool_failed(self, batches: list[MeterBatch], count: int, exc: OSError) -> None:
         self.spool_errors += 1
@@ -448,11 +423,7 @@ class MeterStreamWriter:
 
     async def _idle_check(self) -> None:
         """No meters to flush: ping Redis if a replay is due, and replay once it answers."""
-        if self._replay_task is not None and not self._replay_task.done():
-            return
-        if not self._spool_pending and time.monotonic() < self._next_rescan:
-            return
-        if not self._breaker.allow():
+        if not self._replayer.due() or not self._breaker.allow():
             return
         try:
             await asyncio.wait_for(self._client.ping(), self._timeout_s)
@@ -464,46 +435,17 @@ class MeterStreamWriter:
     def _maybe_replay(self) -> None:
         """After a successful flush (and on start): replay spool files in the background,
         if some may be waiting."""
-        if self._replay_task is not None and not self._replay_task.done():
-            return
-        now = time.monotonic()
-        if not self._spool_pending and now < self._next_rescan:
-            return
-        self._spool_pending = False
-        self._next_rescan = now + self._rescan_s
-        # Our own file becomes replayable; appends from now on go to a new one.
-        self._spool.rotate()
         assert self._loop is not None
-        self._replay_task = self._loop.create_task(self._replay(), name="rtcts-meter-replay")
-
-    async def _replay(self) -> None:
-        try:
-            await self._spool.replay(self._send_replayed, batch_size=self._replay_batch_size)
-        except _ReplayInterrupted:
-            self._spool_pending = True  # Redis failed: retried as soon as it answers
-        except Exception:
-            # The spool itself failed (a file we cannot read): retried at the next rescan,
-            # not every second.
-            self._next_rescan = time.monotonic() + self._rescan_s
-            logger.exception("meter spool replay failed; retried in %.0f s", self._rescan_s)
+        self._replayer.start(self._loop)
 
     async def _send_replayed(self, batches: list[MeterBatch]) -> None:
         if self._stopping or not self._breaker.allow():
-            raise _ReplayInterrupted
-        wrong = [b.shard for b in batches if b.shard >= self._shards]
-        if wrong:
-            # Written with more shards than this writer has: sending them elsewhere could
-            # count them twice (dedup is per shard). The file stays (docs/decisions.md).
-            raise MeterStreamError(
-                f"spooled entries of shard {wrong[0]}, but this writer has {self._shards} "
-                "shards: keep the shard count until the spool is empty"
-            )
+            raise ReplayInterrupted
         try:
             await asyncio.wait_for(self._send(batches), self._timeout_s)
         except _REDIS_ERRORS as exc:
             self._down(exc)
-            raise _ReplayInterrupted from exc
-        self._replayed += sum(b.count for b in batches)
+            raise ReplayInterrupted from exc
         self._mark_up()  # this may have been the breaker's probe
 
     # -- Redis up / down ----------------------------------------------------------
