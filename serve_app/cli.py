@@ -4,7 +4,7 @@
     rtcts policy hash-key KEY       print the SHA-256 a policy stores for an API key
     rtcts price-table [--model M] [--input-tokens N] [--max-tokens N]
                                     the decision for a sample request on each plan
-    rtcts run [--policy P] [--port N] [--time-scale X]
+    rtcts run [--policy P] [--port N] [--time-scale X] [--cold-start-scale X]
                                     serve locally until Ctrl-C (what `make run` calls)
     rtcts serve-config [--policy P] the Serve config file of a policy (serve_config.yaml)
     rtcts reconcile [--days N] [--json]
@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         default=1.0,
         help="simulated models run this much slower (0.1 = 10x faster; default 1)",
     )
+    run.add_argument(
+        "--cold-start-scale",
+        type=_fraction,
+        default=None,
+        help="simulated cold starts take this share of the policy's cold_start_s "
+        "(default 0.05: 60 s take 3 s; 1 = as long as the policy says); the pricing "
+        "always sees the policy's figure",
+    )
     run.set_defaults(handler=_run)
 
     demo = commands.add_parser(
@@ -152,6 +160,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
+    return value
+
+
 def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
@@ -185,18 +200,22 @@ def _price_table(args: argparse.Namespace, snapshot: ClusterSnapshot | None = No
 
 
 def _run(args: argparse.Namespace) -> int:
-    from serve_app.local.runner import banner, serve_locally
+    from serve_app.local.runner import DEFAULT_COLD_START_SCALE, banner, serve_locally
 
     settings = Settings.from_env(policy_path=args.policy, http_host=args.host, http_port=args.port)
     loaded = load_policy_file(settings.policy_path)  # fail fast, before starting anything
+    cold_start_scale = (
+        DEFAULT_COLD_START_SCALE if args.cold_start_scale is None else args.cold_start_scale
+    )
     print(f"rtcts: starting (policy {loaded.source}) ...", flush=True)
     serve_locally(
         settings,
         loaded,
         time_scale=args.time_scale,
+        cold_start_scale=cold_start_scale,
         on_ready=lambda running: print(banner(running, loaded, args.time_scale), flush=True),
+        say=lambda line: print(line, flush=True),
     )
-    print("rtcts: stopped", flush=True)
     return 0
 
 

@@ -1,8 +1,10 @@
 """Shared fixtures: a real Redis server for the tests that need one.
 
 `REDIS_URL` (read through Settings) points the tests at an existing Redis; otherwise
-an embedded redis-server is started for the session and stopped at its end. Tests use
-unique tenant ids, so a shared Redis needs no flushing.
+an embedded redis-server is started for the session and stopped at its end, on loopback
+with its generated password, which the yielded URL carries (as the one `rtcts run`
+passes on: never print it unmasked, `masked_url`). Tests use unique tenant ids, so a
+shared Redis needs no flushing.
 """
 
 from __future__ import annotations

@@ -1,18 +1,29 @@
 """A local server run as a child process: started, waited for until it answers, and
-stopped by its own PID (terminate, then kill after 10 s). Used for the embedded Redis
-and the Stripe emulator."""
+stopped by its own PID (terminate, then kill after `STOP_TIMEOUT_S`). Used for the
+embedded Redis and the Stripe emulator.
+
+The child runs in a session of its own, so a Ctrl-C in the terminal (SIGINT to the
+foreground process group) reaches `rtcts run` only, which stops its children in order:
+Redis must outlive the app that flushes meters into it. On Linux the child also gets
+SIGTERM when its parent dies (`PR_SET_PDEATHSIG`), so it never outlives a killed parent.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import IO, Self
 
 START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -21,6 +32,20 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A function for between fork and exec that makes the child get SIGTERM when the
+    thread that started it dies (Linux; None elsewhere). libc is looked up here, in the
+    parent: the child only calls a function pointer."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_signal() -> None:  # pragma: no cover - runs in the child
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    return set_signal
 
 
 class ChildServer:
@@ -40,18 +65,45 @@ class ChildServer:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def stdin_text(self) -> str | None:
+        """Text written to the child's standard input at start (then closed); None: none.
+        For what must not be on a command line, which any local user can read."""
+        return None
+
     def ready(self) -> bool:
         raise NotImplementedError
 
+    def spawn(self, log_path: Path | None = None) -> None:
+        """Start the command; `wait_ready` waits until it answers. The child dies with
+        the thread that calls this (`PR_SET_PDEATHSIG`): call it from one that lasts."""
+        text = self.stdin_text()
+        stdin = None if text is None else subprocess.PIPE
+        log: IO[bytes] | int = subprocess.DEVNULL
+        if log_path is not None:
+            log = open(log_path, "ab")  # noqa: SIM115 - closed once the child has it
+        try:
+            self._process = subprocess.Popen(
+                self.command(),
+                stdin=stdin,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
+        finally:
+            if not isinstance(log, int):
+                log.close()
+        if text is not None:
+            assert self._process.stdin is not None
+            self._process.stdin.write(text.encode())
+            self._process.stdin.close()
+
     def launch(self, log_path: Path | None = None, hint: str = "") -> None:
         """Start the command and wait until `ready()`; raise `error` if it never is."""
-        if log_path is None:
-            self._process = subprocess.Popen(
-                self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-        else:
-            with open(log_path, "ab") as log:
-                self._process = subprocess.Popen(self.command(), stdout=log, stderr=log)
+        self.spawn(log_path)
+        self.wait_ready(hint)
+
+    def wait_ready(self, hint: str = "") -> None:
         self._wait(self.ready, hint)
 
     def _wait(self, ready: Callable[[], bool], hint: str) -> None:
@@ -72,7 +124,7 @@ class ChildServer:
             return
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
