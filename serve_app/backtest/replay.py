@@ -47,7 +47,7 @@ from serve_app.backtest.strategies import (
 from serve_app.backtest.windows import RollingWindows
 from serve_app.backtest.workload import Workload
 from serve_app.policy.schema import Policy
-from serve_app.pricing import ClusterSnapshot, CostBasis, PriceBook, PriceRequest, WindowMargin
+from serve_app.pricing import ClusterSnapshot, CostBasis, PriceBook, PriceRequest
 from serve_app.pricing.price import PICO_PER_MICRO
 
 HISTORY_WEIGHT = 0.2
@@ -198,7 +198,7 @@ class Replay:
     def _arrive(self, index: int, now: float) -> None:
         _, tenant_index, input_tokens, trace_output, _ = self.workload.arrivals[index]
         tenant = self.workload.tenants[tenant_index]
-        cap_micro = self._price_cap(tenant_index, input_tokens)
+        cap_micro = self._price_cap(tenant_index, input_tokens) if tenant.price_cap else None
         choice: Choice
         if self.static is not None:
             choice = self.static.choose(tenant.plan, tenant.model, input_tokens, tenant.max_tokens)
@@ -212,9 +212,7 @@ class Replay:
                 self.history[tenant_index],
                 cap_micro,
             )
-            windows = None
-            if self.core.incremental:
-                windows = {m: WindowMargin(*self.windows.margin(m, now)) for m in self.deployments}
+            windows = self.windows.window_margins(now) if self.core.incremental else None
             choice = self.core.choose(request, tenant.plan, snapshot, windows)
         model_id = choice.model_id
         fallback = (

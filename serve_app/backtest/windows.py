@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
+from serve_app.pricing.window import WindowMargin
+
 
 class _ModelWindow:
     __slots__ = (
@@ -88,3 +90,7 @@ class RollingWindows:
 
     def all(self, now: float) -> dict[str, tuple[int, int]]:
         return {m: self.margin(m, now) for m in self._models}
+
+    def window_margins(self, now: float) -> dict[str, WindowMargin]:
+        """Every model's window as the pricing core takes it."""
+        return {m: WindowMargin(*self.margin(m, now)) for m in self._models}

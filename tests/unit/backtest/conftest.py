@@ -1,4 +1,6 @@
-"""Shared pieces of the backtest tests: a small policy and a synthetic trace."""
+"""Shared pieces of the backtest tests: a small policy and a synthetic trace, and the
+`slow` marker: slow tests (the acceptance run on the whole Azure trace, about a
+minute) run only when selected, `pytest -m slow tests/unit/backtest`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,21 @@ from serve_app.backtest.trace import TraceRequest
 from serve_app.policy import LoadedPolicy, load_policy_file
 
 ROOT = Path(__file__).resolve().parents[3]
+SLOW = "slow"
 AZURE_TRACE = ROOT.parent / "shared" / "data" / "azure_llm_trace_conv_2023.csv"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{SLOW}: runs for a minute or more; only with -m slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SLOW in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: select it with -m slow")
+    for item in items:
+        if SLOW in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
