@@ -28,6 +28,7 @@
   })[c]);
   const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
   const money = (s) => "$" + Number(s).toFixed(Number(s) >= 100 ? 2 : 4);
+  const dollars = (v) => "$" + (v === 0 ? "0" : Math.abs(v) < 0.01 ? v.toPrecision(2) : v.toFixed(2));
   const ago = (s) => (s < 90 ? Math.round(s) + " s" : s < 5400 ? Math.round(s / 60) + " min"
     : (s / 3600).toFixed(1) + " h");
   const clock = (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false });
@@ -50,24 +51,27 @@
     const ys = series.flatMap((s) => s.points.map((p) => p[1])).filter((y) => y !== null);
     (o.hlines || []).forEach((h) => ys.push(h.y));
     const x0 = o.xMin ?? Math.min(...xs), x1 = o.xMax ?? Math.max(...xs);
-    let y0 = o.yMin ?? Math.min(0, ...ys), y1 = o.yMax ?? Math.max(1e-9, ...ys);
+    let y0 = o.yMin ?? Math.min(0, ...ys), y1 = o.yMax ?? Math.max(...ys, y0);
     if (o.clamp) { y0 = Math.max(y0, o.clamp[0]); y1 = Math.min(y1, o.clamp[1]); }
-    if (y1 <= y0) y1 = y0 + 1;
+    if (y1 <= y0) y1 = y0 + (o.emptySpan || 1); // nothing yet: a sensible empty scale
     const X = (x) => PAD.l + ((x - x0) / ((x1 - x0) || 1)) * (W - PAD.l - PAD.r);
     const Y = (y) => H - PAD.b - ((Math.min(Math.max(y, y0), y1) - y0) / (y1 - y0))
       * (H - PAD.t - PAD.b);
     let g = "";
-    for (const v of ticks(y0, y1, 4)) {
+    for (const v of ticks(y0, y1, 4).filter((t) => !o.integer || Number.isInteger(t))) {
       g += `<line class="axis" x1="${PAD.l}" x2="${W - PAD.r}" y1="${Y(v)}" y2="${Y(v)}"/>`;
       g += `<text x="${PAD.l - 4}" y="${Y(v) + 3}" text-anchor="end">${esc(o.yFormat(v))}</text>`;
     }
     g += `<text x="${PAD.l}" y="${H - 4}">${esc(clock(x0))}</text>`;
     g += `<text x="${W - PAD.r}" y="${H - 4}" text-anchor="end">${esc(clock(x1))}</text>`;
-    for (const h of o.hlines || []) {
+    (o.hlines || []).forEach((h, i) => {
+      // Labels alternate right and left, so that close floors stay readable.
+      const right = i % 2 === 0;
       g += `<line class="floor" stroke="${h.color}" x1="${PAD.l}" x2="${W - PAD.r}" `
         + `y1="${Y(h.y)}" y2="${Y(h.y)}"/>`;
-      g += `<text x="${W - PAD.r - 2}" y="${Y(h.y) - 3}" text-anchor="end">${esc(h.label)}</text>`;
-    }
+      g += `<text x="${right ? W - PAD.r - 2 : PAD.l + 4}" y="${Y(h.y) - 3}" `
+        + `text-anchor="${right ? "end" : "start"}">${esc(h.label)}</text>`;
+    });
     for (const s of series) {
       let d = "", pen = false;
       for (const [x, y] of s.points) {
@@ -90,7 +94,7 @@
     const step = (W - PAD.l - PAD.r) / Math.max(1, buckets.length);
     const Y = (v) => H - PAD.b - (v / top) * (H - PAD.t - PAD.b);
     let g = "";
-    for (const v of ticks(0, top, 4)) {
+    for (const v of ticks(0, top, 4).filter(Number.isInteger)) {
       g += `<line class="axis" x1="${PAD.l}" x2="${W - PAD.r}" y1="${Y(v)}" y2="${Y(v)}"/>`;
       g += `<text x="${PAD.l - 4}" y="${Y(v) + 3}" text-anchor="end">${v}</text>`;
     }
@@ -165,7 +169,7 @@
         { name: "target", color: "#2e7d32", dash: true,
           points: points.map((p) => [p.t, p.target]) },
       ],
-      { label: `${m.model} queue, batch and replicas`, yFormat: (v) => String(v),
+      { label: `${m.model} queue, batch and replicas`, yFormat: String, integer: true,
         xMin: points[0].t, xMax: Math.max(points[0].t + doc.bucket_s, doc.generated_at) },
     );
     const cost = m.cost_usd_per_1m_tokens;
@@ -196,7 +200,7 @@
         { name: "SLA credits", color: "#c62828",
           points: p.history.map((b) => [b.t + doc.bucket_s / 2, Number(b.sla_credits_usd)]) },
       ],
-      { label: `${p.plan} revenue and credits`, yFormat: (v) => "$" + v,
+      { label: `${p.plan} revenue and credits`, yFormat: dollars, emptySpan: 0.01,
         xMin: doc.generated_at - doc.window_s, xMax: doc.generated_at },
     );
     card($("plans"), "plan-" + p.plan).innerHTML = `
@@ -236,7 +240,7 @@
         { name: "outbox (windows)", color: "#1565c0", points: billingLive.map((p) => [p.t, p.outbox]) },
         { name: "oldest unsynced (s)", color: "#ef6c00", points: billingLive.map((p) => [p.t, p.age]) },
       ],
-      { label: "billing lag", yFormat: (v) => String(v),
+      { label: "billing lag", yFormat: String, integer: true,
         xMin: billingLive[0].t, xMax: Math.max(billingLive[0].t + doc.bucket_s, doc.generated_at) },
     )}`;
   }
