@@ -9,6 +9,7 @@ matters: the first test finds the model cold, the last waits for it to go cold a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
@@ -67,6 +68,18 @@ def llm_url(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             yield url
         finally:
             serve.delete(APP_NAME)
+            _kill_aggregator()
+
+
+def _kill_aggregator() -> None:
+    """The app's detached aggregator outlives it: stopped before its Redis goes."""
+    import ray
+
+    from serve_app.metering.aggregator import AGGREGATOR_NAME, AGGREGATOR_NAMESPACE
+
+    name = AGGREGATOR_NAME.format(instance=APP_NAME, shard=0)
+    with contextlib.suppress(ValueError):  # ValueError: never created
+        ray.kill(ray.get_actor(name, namespace=AGGREGATOR_NAMESPACE), no_restart=True)
 
 
 def _cluster(url: str) -> dict[str, Any]:
