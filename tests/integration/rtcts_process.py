@@ -43,6 +43,7 @@ def _chat_ok(url: str) -> bool:
 @contextmanager
 def rtcts_run(tmp_path: Path, env: Mapping[str, str] = {}, *args: str) -> Iterator[RunningApp]:
     """`rtcts run` on a free port with `env` added, serving once a chat is answered."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     port = free_port()
     environment = {
         **os.environ,
