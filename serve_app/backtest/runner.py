@@ -83,13 +83,13 @@ def find_trace(cwd: Path, source_root: Path = SOURCE_ROOT) -> Path | None:
     return None
 
 
-def resolve_trace(explicit: Path | None, cwd: Path) -> Path:
+def resolve_trace(explicit: Path | None, cwd: Path, source_root: Path = SOURCE_ROOT) -> Path:
     if explicit is not None:
         return explicit
-    found = find_trace(cwd)
+    found = find_trace(cwd, source_root)
     if found is None:
         raise BacktestError(
-            f"trace not found: {SHARED_TRACE} (looked from {cwd} and {SOURCE_ROOT}); "
+            f"trace not found: {SHARED_TRACE} (looked from {cwd} and {source_root}); "
             "give one with --trace PATH"
         )
     return found
