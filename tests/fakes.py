@@ -9,9 +9,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.models.backend import Completion, Delta, GenerationRequest
+from serve_app.models.backend import (
+    Completion,
+    Delta,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+)
 
-__all__ = ["FakeClock", "FakeHandle", "model_dict", "plan_dict", "policy_dict"]
+__all__ = ["EMBEDDINGS", "FakeClock", "FakeHandle", "model_dict", "plan_dict", "policy_dict"]
 
 COMPLETION = Completion(
     text="GPUs are fast.",
@@ -26,11 +32,12 @@ DELTAS = (
     Delta(" are"),
     Delta(" fast.", finish_reason="stop", input_tokens=20, output_tokens=3),
 )
+EMBEDDINGS = Embeddings(vectors=((0.6, 0.8),), input_tokens=7, total_s=0.05)
 
 
 class FakeHandle:
     """A Serve DeploymentHandle stand-in: `options(...).remote(request)` is awaitable for
-    "generate" and an async iterator for "stream".
+    "generate" and "embed", and an async iterator for "stream".
 
     `delay_s` waits before answering (a queue or a cold start); `on_call` runs with
     each request as it arrives (tests use it to look at the ingress's state then)."""
@@ -40,6 +47,7 @@ class FakeHandle:
         *,
         completion: Completion = COMPLETION,
         deltas: Sequence[Delta] = DELTAS,
+        embeddings: Embeddings = EMBEDDINGS,
         error: BaseException | None = None,
         fail_after: int | None = None,
         delay_s: float = 0.0,
@@ -47,6 +55,7 @@ class FakeHandle:
     ) -> None:
         self.completion = completion
         self.deltas = tuple(deltas)
+        self.embeddings = embeddings
         self.error = error
         self.fail_after = fail_after
         """Stream this many deltas, then raise `error`."""
@@ -55,6 +64,7 @@ class FakeHandle:
         self.calls_seen: list[tuple[str, bool]] = []
         """(method_name, stream) of each call made through `options(...).remote`."""
         self.requests: list[GenerationRequest] = []
+        self.embedding_requests: list[EmbeddingRequest] = []
 
     def options(self, **kwargs: Any) -> _Call:
         call = _Call(self, kwargs.pop("method_name"), kwargs.pop("stream", False))
@@ -74,6 +84,22 @@ class FakeHandle:
             raise self.error
         return self.completion
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        self.embedding_requests.append(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        # One vector per input, of the request's dimensions where it sets them.
+        vector = self.embeddings.vectors[0]
+        if request.dimensions is not None:
+            vector = (vector * request.dimensions)[: request.dimensions]
+        return Embeddings(
+            tuple(vector for _ in request.inputs),
+            self.embeddings.input_tokens,
+            self.embeddings.total_s,
+        )
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self._note(request)
         if self.delay_s:
@@ -90,11 +116,13 @@ class _Call:
     method_name: str
     stream: bool
 
-    def remote(self, request: GenerationRequest) -> Any:
+    def remote(self, request: Any) -> Any:
         self.handle.calls_seen.append((self.method_name, self.stream))
         if self.method_name == "stream":
             assert self.stream, "a stream must be asked for with stream=True"
             return self.handle.stream(request)
+        if self.method_name == "embed":
+            return self.handle.embed(request)
         assert self.method_name == "generate"
         return self.handle.generate(request)
 

@@ -2,6 +2,8 @@
 `service.py` (priced requests) and `views.py` (read-only documents).
 
     POST /v1/chat/completions   OpenAI chat completions, streamed or not, priced
+    POST /v1/completions        OpenAI (legacy) text completions, streamed or not, priced
+    POST /v1/embeddings         OpenAI embeddings, priced per input token
     POST /v1/quote              the same body: the decision and every candidate, nothing run
     GET  /v1/models             models and aliases of the caller's plan, with prices
     GET  /v1/cluster            live state and current cost per 1M tokens per model
@@ -14,7 +16,7 @@
 
     GET  /openapi.json          the API description (no key); /docs and /redoc over it
 
-The two priced routes run as plain ASGI (`asgi.py`); the others are a FastAPI app built
+The priced routes run as plain ASGI (`asgi.py`); the others are a FastAPI app built
 per replica (`build_asgi`). Each route authenticates, calls the service or a view
 (values out) and hands the result to `render.py`; the replica's parts are wired by
 `compose.py`; the description of every route is `openapi.py`'s. The API key is checked
@@ -31,10 +33,12 @@ from ray import serve
 from starlette.types import Receive, Scope
 
 from serve_app.ingress import errors, openapi, render
-from serve_app.ingress.asgi import IngressASGI, Route, headers_of, read_chat_body
+from serve_app.ingress.asgi import IngressASGI, Route, headers_of, read_chat_body, read_model
+from serve_app.ingress.call import GenerationBody
 from serve_app.ingress.compose import IngressArgs, IngressParts, compose, ray_platform
 from serve_app.ingress.dashboard import DashboardRoutes
 from serve_app.ingress.protocol import ChatCompletionRequest
+from serve_app.ingress.protocol_endpoints import CompletionRequest, EmbeddingsRequest
 from serve_app.ingress.request_span import TracedIngressASGI
 from serve_app.ingress.service import ChatService
 from serve_app.metering.probe import AggregatorProbe
@@ -43,17 +47,20 @@ from serve_app.telemetry import tracing
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+EMBEDDINGS_PATH = "/v1/embeddings"
 QUOTE_PATH = "/v1/quote"
 
 
 async def answer_chat(
     service: ChatService,
     tenant: Tenant,
-    body: ChatCompletionRequest,
+    body: GenerationBody,
     client_request_id: str | None,
     arrived_s: float | None = None,
 ) -> Response:
-    """A chat request's answer: the service's values, rendered (refusals are raised)."""
+    """A chat (or text completion) request's answer: the service's values, rendered
+    (refusals are raised)."""
     call = await service.start(tenant, body, client_request_id, arrived_s)
     if body.stream:
         return render.stream_response(call, service.stream(call))
@@ -72,7 +79,12 @@ class Routes:
 
     def priced(self) -> dict[tuple[str, str], Route]:
         """The routes that run as plain ASGI, by (method, path)."""
-        return {("POST", CHAT_PATH): self.chat_completions, ("POST", QUOTE_PATH): self.quote}
+        return {
+            ("POST", CHAT_PATH): self.chat_completions,
+            ("POST", COMPLETIONS_PATH): self.completions,
+            ("POST", EMBEDDINGS_PATH): self.embeddings,
+            ("POST", QUOTE_PATH): self.quote,
+        }
 
     def api(self) -> FastAPI:
         """The FastAPI app of every route but the priced ones, and the API description
@@ -118,6 +130,23 @@ class Routes:
         # Serve's RequestIdMiddleware echoes the client's X-Request-ID (or one of its
         # own); rtcts records it and keys everything on an id of its own.
         return await answer_chat(self.service, tenant, body, client_request_id, arrived_s)
+
+    async def completions(self, scope: Scope, receive: Receive) -> Response:
+        arrived_s = time.monotonic()
+        headers = headers_of(scope, b"authorization", b"x-request-id")
+        tenant = self.service.authenticate(headers.get(b"authorization"))
+        body = await read_model(scope, receive, MAX_BODY_BYTES, CompletionRequest)
+        return await answer_chat(
+            self.service, tenant, body, headers.get(b"x-request-id"), arrived_s
+        )
+
+    async def embeddings(self, scope: Scope, receive: Receive) -> Response:
+        arrived_s = time.monotonic()
+        headers = headers_of(scope, b"authorization", b"x-request-id")
+        tenant = self.service.authenticate(headers.get(b"authorization"))
+        body = await read_model(scope, receive, MAX_BODY_BYTES, EmbeddingsRequest)
+        call = await self.service.start(tenant, body, headers.get(b"x-request-id"), arrived_s)
+        return render.embeddings_response(await self.service.embed(call))
 
     async def quote(self, scope: Scope, receive: Receive) -> Response:
         tenant = self.service.authenticate(

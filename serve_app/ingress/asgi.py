@@ -1,7 +1,8 @@
 """The ingress's ASGI entry: the priced routes run as plain ASGI, the rest in FastAPI.
 
-`POST /v1/chat/completions` and `POST /v1/quote` are served by small async functions
-that take the ASGI scope and `receive` and return a Starlette response. Every other
+`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and `/v1/quote` are
+served by small async functions that take the ASGI scope and `receive` and return a
+Starlette response. Every other
 request (other routes, a wrong method, a trailing slash, lifespan) goes to the FastAPI
 app, which answers it exactly as before. FastAPI's routing, dependency solving and
 middleware stack cost about 0.3 ms of CPU per request on the 2-core benchmark host,
@@ -21,10 +22,10 @@ Guarantees kept here:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -32,6 +33,8 @@ from starlette.types import Message, Receive, Scope, Send
 from serve_app.errors import ClientDisconnected, PayloadTooLarge
 from serve_app.ingress import errors
 from serve_app.ingress.protocol import ChatCompletionRequest
+
+Body = TypeVar("Body", bound=BaseModel)
 
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
 """The most of an oversized streamed body read and dropped before its 413."""
@@ -103,14 +106,19 @@ async def _drain(receive: Receive, message: Message, limit_bytes: int) -> None:
 
 
 async def read_chat_body(scope: Scope, receive: Receive, max_bytes: int) -> ChatCompletionRequest:
-    """The validated chat body (400 naming the field; 413 over `max_bytes`).
+    """The validated chat body (400 naming the field; 413 over `max_bytes`)."""
+    return await read_model(scope, receive, max_bytes, ChatCompletionRequest)
+
+
+async def read_model(scope: Scope, receive: Receive, max_bytes: int, model: type[Body]) -> Body:
+    """The validated body of a priced route (400 naming the field; 413 over `max_bytes`).
 
     The body is read as JSON whatever its Content-Type (`curl -d` sends a form type)."""
     raw = await read_body(scope, receive, max_bytes)
     if not raw.strip():
         raise errors.ApiError(400, "A JSON request body is required.")
     try:
-        return ChatCompletionRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         raise errors.validation_error(exc.errors()) from None
 

@@ -12,11 +12,23 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from serve_app.ingress.protocol import ChatCompletionRequest
-from serve_app.models.backend import Completion, GenerationRequest
+from serve_app.ingress.protocol_endpoints import CompletionRequest, EmbeddingsRequest
+from serve_app.models.backend import (
+    Completion,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    Json,
+)
 from serve_app.policy import Tenant
 from serve_app.pricing import Decision, PlanTerms, PriceRequest
 from serve_app.pricing.billing import Bill
 from serve_app.pricing.types import CandidateQuote
+
+GenerationBody = ChatCompletionRequest | CompletionRequest
+"""A request that generates: a chat or a text completion."""
+PricedBody = ChatCompletionRequest | CompletionRequest | EmbeddingsRequest
+"""Any priced request's body (each says its endpoint, features and prompt tokens)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +44,7 @@ class ChatCall:
     """One request decided to be served and admitted: everything the steps after need."""
 
     tenant: Tenant
-    body: ChatCompletionRequest
+    body: PricedBody
     decision: Decision
     plan: PlanTerms
     """The plan's terms the decision was made under (billed at them, even after a reload)."""
@@ -40,7 +52,8 @@ class ChatCall:
     """The plan's SLA credit fraction, of the same policy version."""
     request_id: str
     """Made by the server: the admission member, settle key and meter's request id."""
-    generation: GenerationRequest
+    generation: GenerationRequest | EmbeddingRequest
+    """The engine's request: a generation, or an embedding (`/v1/embeddings`)."""
     service_s: float
     """How long it will hold a batch slot, for the queue wait of those behind it."""
     arrived_s: float = 0.0
@@ -88,24 +101,41 @@ class ChatResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """Finished, billed, metered embeddings."""
+
+    call: ChatCall
+    embeddings: Embeddings
+    served: Served
+    bill: Bill
+
+
+@dataclass(frozen=True, slots=True)
 class StreamOpened:
     """The first event of a stream: the generation has started on the model."""
 
 
 @dataclass(frozen=True, slots=True)
 class StreamText:
-    """A piece of the answer."""
+    """A piece of the answer: of choice `index`, its text, tool-call pieces and
+    logprobs; `finish_reason` when the piece ends its choice (not the stream's last)."""
 
     text: str
+    index: int = 0
+    tool_calls: tuple[Json, ...] = ()
+    logprobs: Json | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEnd:
-    """The last event of a stream that finished: billed and metered."""
+    """The last event of a stream that finished: billed and metered. `finish_reason`
+    is choice `index`'s (the last choice to finish)."""
 
     finish_reason: str
     served: Served
     bill: Bill
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,17 @@
-"""The JSON documents of the request path: quotes, candidates, completions and the
-verified `rtcts` object (plain dicts, no HTTP: `render.py` sends them)."""
+"""The JSON documents of the request path: quotes, candidates, chat and text
+completions, embeddings and the verified `rtcts` object (plain dicts, no HTTP:
+`render.py` sends them)."""
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from typing import Any
 
 from serve_app.ingress.call import Quoted, Served
 from serve_app.ingress.settlement import margin
-from serve_app.models.backend import Completion
+from serve_app.models.backend import ChoiceOutput, Completion, Embeddings
 from serve_app.pricing import Decision
 from serve_app.pricing.billing import Bill
 from serve_app.pricing.types import CandidateQuote
@@ -64,19 +67,25 @@ def completion_json(
     request_id: str, model_id: str, completion: Completion, verified: dict[str, Any]
 ) -> dict[str, Any]:
     """`ChatCompletionResponse(...).model_dump(mode="json", exclude_none=True)`, built
-    directly: the same JSON for a third of the cost (a test holds them equal)."""
-    choice = {
-        "index": 0,
-        "message": {"role": "assistant", "content": completion.text},
-        "finish_reason": completion.finish_reason,
-    }
+    directly: the same JSON for a third of the cost (a test holds them equal). A choice
+    that only called tools has `content: null`, as OpenAI's."""
+    if completion.choices:
+        choices = [chat_choice_json(c) for c in completion.choices]
+    else:  # one plain choice: the common case, built inline
+        choices = [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+            }
+        ]
     prompt, output = completion.input_tokens, completion.output_tokens
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model_id,
-        "choices": [choice],
+        "choices": choices,
         "usage": {
             "prompt_tokens": prompt,
             "completion_tokens": output,
@@ -84,6 +93,76 @@ def completion_json(
         },
         "rtcts": verified,
     }
+
+
+def chat_choice_json(choice: ChoiceOutput) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": choice.text if choice.text or not choice.tool_calls else None,
+    }
+    if choice.tool_calls:
+        message["tool_calls"] = [dict(call) for call in choice.tool_calls]
+    document: dict[str, Any] = {
+        "index": choice.index,
+        "message": message,
+        "finish_reason": choice.finish_reason,
+    }
+    if choice.logprobs is not None:
+        document["logprobs"] = dict(choice.logprobs)
+    return document
+
+
+def text_completion_json(
+    request_id: str, model_id: str, completion: Completion, verified: dict[str, Any]
+) -> dict[str, Any]:
+    """A legacy text completion (`POST /v1/completions`), OpenAI's `text_completion`."""
+    prompt, output = completion.input_tokens, completion.output_tokens
+    return {
+        "id": f"cmpl-{request_id}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model_id,
+        "choices": [
+            {
+                "index": c.index,
+                "text": c.text,
+                "logprobs": None if c.logprobs is None else dict(c.logprobs),
+                "finish_reason": c.finish_reason,
+            }
+            for c in completion.all_choices()
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": output,
+            "total_tokens": prompt + output,
+        },
+        "rtcts": verified,
+    }
+
+
+def embeddings_json(
+    model_id: str, embeddings: Embeddings, encoding: str | None, verified: dict[str, Any]
+) -> dict[str, Any]:
+    """OpenAI's embedding list: each vector as numbers, or (`encoding` "base64") as
+    base64 of its little-endian float32 values."""
+    encode = _base64 if encoding == "base64" else list
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": encode(vector)}
+            for index, vector in enumerate(embeddings.vectors)
+        ],
+        "model": model_id,
+        "usage": {
+            "prompt_tokens": embeddings.input_tokens,
+            "total_tokens": embeddings.input_tokens,
+        },
+        "rtcts": verified,
+    }
+
+
+def _base64(vector: tuple[float, ...]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def verified_json(decision: Decision, the_bill: Bill, served: Served) -> dict[str, Any]:

@@ -10,6 +10,8 @@ Messages never carry internal detail: errors the client cannot act on become a g
     UnknownModelError            404    invalid_request_error  model_not_found
     ModelNotInPlanError          403    invalid_request_error  model_not_in_plan
     ContextWindowError           400    invalid_request_error  context_length_exceeded
+    UnsupportedFeature           400    invalid_request_error  unsupported_parameter (param)
+    RequestRejected              400    invalid_request_error  rejected_by_model (param)
     PricingError (other)         400    invalid_request_error  None
     PolicyError, other errors    500    server_error           None      (generic message)
     BackendUnavailable           503    server_error           model_unavailable
@@ -66,11 +68,14 @@ from serve_app.errors import (
     PriceCapExceeded,
     PricingError,
     RateLimited,
+    RequestRejected,
     RtctsError,
     Unauthorized,
     UnknownModelError,
+    UnsupportedFeature,
 )
-from serve_app.ingress.protocol import UNSUPPORTED
+from serve_app.ingress.protocol_fields import UNSUPPORTED
+from serve_app.policy.capabilities import FEATURE_PARAMS, Capability
 
 logger = logging.getLogger(__name__)
 
@@ -300,8 +305,18 @@ def error_for(exc: Exception) -> ApiError:
             code="context_length_exceeded",
             param="messages",
         )
+    if isinstance(exc, UnsupportedFeature):
+        return ApiError(400, str(exc), code=UNSUPPORTED, param=_feature_param(exc.feature))
     if isinstance(exc, PricingError):
         return ApiError(400, str(exc) or "The request cannot be priced as asked.")
+    if isinstance(exc, RequestRejected):
+        # Attributes, not str(): through a Ray handle the text is Ray's traceback.
+        return ApiError(
+            400,
+            f"The model rejected the request: {exc.detail}",
+            code="rejected_by_model",
+            param=exc.param,
+        )
     if isinstance(exc, BackendUnavailable):
         logger.warning("model backend unavailable: %s", exc)
         return ApiError(
@@ -323,6 +338,13 @@ def error_for(exc: Exception) -> ApiError:
         return internal_error()
     logger.error("unhandled error while serving a request", exc_info=exc)
     return internal_error()
+
+
+def _feature_param(feature: str) -> str | None:
+    try:
+        return FEATURE_PARAMS[Capability(feature)]
+    except ValueError:
+        return None
 
 
 # ------------------------------------------------------------------ validation errors

@@ -1,10 +1,14 @@
 """The OpenAI Chat Completions wire format, as rtcts speaks it.
 
 Requests follow OpenAI's `POST /v1/chat/completions` body. Fields rtcts does not know
-are ignored (OpenAI clients add new ones over time), but features rtcts cannot honour
-(tools, functions, several choices, logprobs, non-text content) are rejected with a
-clear message rather than silently dropped. Validation errors raised here become
-OpenAI-shaped 400 answers through `serve_app.ingress.errors.install_error_handlers`.
+are ignored (OpenAI clients add new ones over time); every field it knows is honoured,
+forwarded to the engine, or refused with a clear 400, never dropped: tools and tool
+choice, tool calls and results in the history, text and image content, `n` choices,
+logprobs, response formats (JSON object, JSON schema), penalties and `logit_bias` go to
+the model, and a model that does not serve one is no candidate for the request
+(`features()`, `serve_app/policy/capabilities.py`). The legacy `functions` are refused
+(send `tools`), as are content parts other than text and images. Validation errors
+raised here become OpenAI-shaped 400 answers (`serve_app.ingress.errors`).
 
 rtcts adds, in requests, `max_price_usd` (the client's price cap) and, in responses,
 an `rtcts` object (the price and decision) and a `pricing` object on each model card.
@@ -13,57 +17,76 @@ The request models' JSON schemas are the served API document's (`openapi.py`): w
 a rule is checked by a validator here, the field also declares it in its schema
 (`WithJsonSchema`, `json_schema_extra`), so the document accepts what rtcts accepts.
 Only rules JSON Schema cannot say are left to the descriptions (a prompt that does not
-fit the model's context window).
+fit the model's context window, a `tool_choice` naming a function that `tools` lacks).
+The answers are `responses.py`'s, re-exported here.
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_FLOOR, Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.json_schema import WithJsonSchema
-from pydantic_core import PydanticCustomError
 
-from serve_app.models.backend import ChatMessage
-
-MICRO_PER_USD = 1_000_000
-MAX_PRICE_USD = Decimal(1_000_000)
-"""Upper bound of `max_price_usd`: keeps the exact micro-USD conversion cheap."""
-MAX_STOP_SEQUENCES = 4
-_NOTHING = {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}
-"""The documented schema of a feature rtcts refuses: absent, null or an empty list."""
+from serve_app.ingress.protocol_fields import (
+    LOGIT_BIAS_SCHEMA,
+    MAX_PRICE_USD,
+    MAX_STOP_SEQUENCES,
+    MICRO_PER_USD,
+    STOP_SCHEMA,
+    STREAM_OPTIONS_NEED_STREAM,
+    UNSUPPORTED,
+    Choices,
+    Incoming,
+    MaxPrice,
+    Penalty,
+    PositiveInt,
+    StreamOptions,
+    StrictBool,
+    StrictInt,
+    Temperature,
+    TopLogprobs,
+    TopP,
+    check_logit_bias,
+    check_stop,
+    invalid,
+    price_cap_micro,
+    stop_tuple,
+    unsupported,
+)
+from serve_app.ingress.protocol_tools import (
+    IMAGE_PART_SCHEMA,
+    RESPONSE_FORMAT_SCHEMA,
+    TEXT_PART_SCHEMA,
+    TOOL_CALLS_SCHEMA,
+    TOOL_CHOICE_SCHEMA,
+    TOOLS_SCHEMA,
+    check_content_part,
+    check_response_format,
+    check_tool_calls,
+    check_tool_choice,
+    check_tools,
+)
+from serve_app.ingress.responses import (
+    SSE_DONE,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    FinishReason,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+    sse,
+)
+from serve_app.models.backend import ChatMessage, GenerationRequest
+from serve_app.models.tokens import count_chat_tokens
+from serve_app.policy.capabilities import Capability
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
-FinishReason = Literal["stop", "length"]
 
-UNSUPPORTED = "unsupported_parameter"
-"""Pydantic error type of a feature rtcts does not support (becomes the error `code`)."""
-
-
-def _integral(value: Any) -> Any:
-    """A float without a fraction as the int it is: JSON has one number type, and JSON
-    Schema's `integer` takes `1.0` (Python's `json.dumps(16.0)` sends it)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-_StrictInt = Annotated[int, Field(strict=True), BeforeValidator(_integral)]
-_PositiveInt = Annotated[int, Field(strict=True, ge=1), BeforeValidator(_integral)]
-_Penalty = Annotated[float, Field(strict=True, ge=-2, le=2)]
-
-_PRICE_TEXT = r"^(?:[0-9]{1,6}(?:\.[0-9]+)?|1000000(?:\.0+)?)$"
-"""`max_price_usd` as a string, as documented: a plain decimal from 0 to 1,000,000.
-(Any string `Decimal` reads is accepted within that range, `1e2` too.)"""
 _NOT_SPACE = r"[^\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 """A character `str.strip()` keeps, as a JSON Schema pattern."""
 _TEXT = {"type": "string", "pattern": _NOT_SPACE}
@@ -78,8 +101,8 @@ _SOME_CONTENT = {
                     "type": "array",
                     "contains": {
                         "type": "object",
-                        "required": ["text"],
-                        "properties": {"text": _TEXT},
+                        "required": ["type", "text"],
+                        "properties": {"type": {"const": "text"}, "text": _TEXT},
                     },
                 },
             ]
@@ -87,74 +110,73 @@ _SOME_CONTENT = {
     },
 }
 """A message with some text that is not whitespace (the rule of `messages`)."""
-
-
-def _unsupported(message: str) -> PydanticCustomError:
-    return PydanticCustomError(UNSUPPORTED, message)
-
-
-def _invalid(message: str) -> PydanticCustomError:
-    return PydanticCustomError("invalid_value", message)
+_CONTENT_SCHEMA = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"anyOf": [TEXT_PART_SCHEMA, IMAGE_PART_SCHEMA]}},
+        {"type": "null"},
+    ]
+}
+_NOTHING = {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}]}
+"""The documented schema of a field rtcts refuses: absent, null or an empty list."""
 
 
 # --------------------------------------------------------------------------- requests
 
 
-class _Incoming(BaseModel):
-    """Base of request bodies: unknown fields are ignored (forward compatibility)."""
-
-    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
-
-
-class TextContentPart(_Incoming):
-    """One part of a multi-part message content; rtcts accepts text parts only."""
-
-    model_config = ConfigDict(json_schema_extra={"required": ["type", "text"]})
-
-    type: Literal["text"] = "text"
-    """Required (`ChatCompletionMessage` refuses a part without it)."""
-    text: str
-
-
-class ChatCompletionMessage(_Incoming):
+class ChatCompletionMessage(Incoming):
     """One message of the conversation."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            # content is required, and not null, unless the message is the assistant's
-            "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
-            "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            "allOf": [
+                {  # content is required, and not null, unless the message is the assistant's
+                    "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+                    "then": {
+                        "required": ["content"],
+                        "properties": {"content": {"not": {"type": "null"}}},
+                    },
+                },
+                {  # a tool's message answers a call: it names it
+                    "if": {"properties": {"role": {"const": "tool"}}},
+                    "then": {"required": ["tool_call_id"]},
+                },
+            ]
         }
     )
 
     role: Role
-    content: str | list[TextContentPart] | None = None
-    """A string or a list of text parts; null only for an assistant message."""
+    content: Annotated[str | list[dict[str, Any]] | None, WithJsonSchema(_CONTENT_SCHEMA)] = None
+    """A string, or a list of text and `image_url` parts; null only for an assistant
+    message."""
     name: str | None = None
+    tool_calls: Annotated[list[dict[str, Any]] | None, WithJsonSchema(TOOL_CALLS_SCHEMA)] = None
+    """An assistant message's calls of tools (as the model made them)."""
+    tool_call_id: str | None = None
+    """A tool message: the id of the call it answers."""
 
     @field_validator("content", mode="before")
     @classmethod
-    def _text_only(cls, value: Any) -> Any:
+    def _parts(cls, value: Any) -> Any:
         if value is None or isinstance(value, str):
             return value
         if not isinstance(value, list):
-            raise _invalid("content must be a string or a list of text parts")
+            raise invalid("content must be a string or a list of text and image_url parts")
         for index, part in enumerate(value):
-            if not isinstance(part, dict):
-                raise _invalid(f"content[{index}] must be an object with type 'text'")
-            if part.get("type") != "text":
-                raise _unsupported(
-                    f"content[{index}] has type {part.get('type')!r}: "
-                    "only text content is supported"
-                )
-            if not isinstance(part.get("text"), str):
-                raise _invalid(f"content[{index}].text must be a string")
+            check_content_part(part, index)
         return value
+
+    @field_validator("tool_calls", mode="before")
+    @classmethod
+    def _tool_calls(cls, value: Any) -> Any:
+        return check_tool_calls(value)
 
     @model_validator(mode="after")
     def _content_present(self) -> ChatCompletionMessage:
         if self.content is None and self.role != "assistant":
-            raise _invalid(f"content is required for a {self.role} message")
+            raise invalid(f"content is required for a {self.role} message")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise invalid("a tool message needs the tool_call_id of the call it answers")
         return self
 
     def text(self) -> str:
@@ -163,27 +185,54 @@ class ChatCompletionMessage(_Incoming):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part["text"] for part in self.content if part["type"] == "text")
+
+    def has_images(self) -> bool:
+        return isinstance(self.content, list) and any(
+            part["type"] == "image_url" for part in self.content
+        )
+
+    def to_message(self) -> ChatMessage:
+        return ChatMessage(
+            role=self.role,
+            content=self.text(),
+            name=self.name,
+            tool_calls=tuple(self.tool_calls or ()),
+            tool_call_id=self.tool_call_id,
+            parts=tuple(self.content)
+            if self.has_images() and isinstance(self.content, list)
+            else (),
+        )
 
 
-class StreamOptions(_Incoming):
-    include_usage: Annotated[bool, Field(strict=True)] = False
-    """Send a last chunk, with empty choices, that carries the usage."""
-
-
-class ChatCompletionRequest(_Incoming):
+class ChatCompletionRequest(Incoming):
     """The body of `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            # stream_options only with stream: true
-            "if": {
-                "required": ["stream_options"],
-                "properties": {"stream_options": {"type": "object"}},
-            },
-            "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+            "allOf": [
+                STREAM_OPTIONS_NEED_STREAM,
+                {  # tool_choice only with tools
+                    "if": {
+                        "required": ["tool_choice"],
+                        "properties": {"tool_choice": {"not": {"type": "null"}}},
+                    },
+                    "then": {
+                        "required": ["tools"],
+                        "properties": {"tools": {"type": "array", "minItems": 1}},
+                    },
+                },
+                {  # top_logprobs only with logprobs
+                    "if": {
+                        "required": ["top_logprobs"],
+                        "properties": {"top_logprobs": {"type": "integer"}},
+                    },
+                    "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+                },
+            ]
         }
     )
+    endpoint: ClassVar[Capability] = Capability.CHAT
 
     model: Annotated[str, Field(min_length=1)]
     """A model id or a route alias (`GET /v1/models`)."""
@@ -192,108 +241,89 @@ class ChatCompletionRequest(_Incoming):
         Field(json_schema_extra={"minItems": 1, "contains": _SOME_CONTENT}),
     ]
     """At least one message, and at least one with some text that is not whitespace."""
-    max_tokens: _PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
     """Deprecated by OpenAI in favour of `max_completion_tokens`, still widely sent."""
-    max_completion_tokens: _PositiveInt | None = None
-    """Wins over `max_tokens` when both are set."""
-    temperature: Annotated[float, Field(strict=True, ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(strict=True, gt=0, le=1)] | None = None
-    n: Annotated[_StrictInt | None, WithJsonSchema({"anyOf": [{"const": 1}, {"type": "null"}]})] = (
-        None
-    )
-    """Choices per request: rtcts serves one (`n` other than 1 is refused)."""
+    max_completion_tokens: PositiveInt | None = None
+    """Wins over `max_tokens` when both are set. With several choices, each choice's cap."""
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: Choices | None = None
+    """Choices per request (1-128): billed for every choice's output tokens."""
     stream: Annotated[bool, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
-    stop: Annotated[
-        str | list[str] | None,
-        WithJsonSchema(
-            {
-                "anyOf": [
-                    {"type": "string"},
-                    {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP_SEQUENCES},
-                    {"type": "null"},
-                ]
-            }
-        ),
-    ] = None
-    seed: _StrictInt | None = None
+    stop: Annotated[str | list[str] | None, WithJsonSchema(STOP_SCHEMA)] = None
+    seed: StrictInt | None = None
     user: str | None = None
-    presence_penalty: _Penalty | None = None
-    """Accepted and ignored."""
-    frequency_penalty: _Penalty | None = None
-    """Accepted and ignored."""
-    max_price_usd: Annotated[
-        Decimal | None,
-        Field(ge=0, le=MAX_PRICE_USD),
-        WithJsonSchema(
-            {
-                "anyOf": [
-                    {"type": "number", "minimum": 0, "maximum": int(MAX_PRICE_USD)},
-                    {"type": "string", "pattern": _PRICE_TEXT},
-                    {"type": "null"},
-                ]
-            }
-        ),
-    ] = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: Annotated[dict[str, Any] | None, WithJsonSchema(LOGIT_BIAS_SCHEMA)] = None
+    """Token id (a decimal string) to a bias from -100 to 100, at most 300 tokens."""
+    logprobs: StrictBool | None = None
+    """Return each output token's log probability."""
+    top_logprobs: TopLogprobs | None = None
+    """Alternatives per token (0-20), with `logprobs: true`."""
+    tools: Annotated[list[dict[str, Any]] | None, WithJsonSchema(TOOLS_SCHEMA)] = None
+    """Function tools the model may call (at most 128); their definitions are prompt."""
+    tool_choice: Annotated[str | dict[str, Any] | None, WithJsonSchema(TOOL_CHOICE_SCHEMA)] = None
+    """"none", "auto", "required" or `{"type": "function", "function": {"name": ...}}` (a
+    function of `tools`); only with `tools`."""
+    parallel_tool_calls: StrictBool | None = None
+    response_format: Annotated[dict[str, Any] | None, WithJsonSchema(RESPONSE_FORMAT_SCHEMA)] = None
+    """`{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+    "json_schema": {"name": ..., "schema": {...}}}`."""
+    max_price_usd: MaxPrice = None
     """rtcts extension: the most the client agrees to pay for this request, in USD (a
     number, or a decimal string for an exact amount)."""
 
-    # Declared only to be rejected with a clear message; never serialized.
-    tools: Annotated[Any, WithJsonSchema(_NOTHING)] = Field(default=None, exclude=True, repr=False)
-    """Not supported: a non-empty list is refused (`unsupported_parameter`)."""
+    # The deprecated form of tools: refused with a clear message; never serialized.
     functions: Annotated[Any, WithJsonSchema(_NOTHING)] = Field(
         default=None, exclude=True, repr=False
     )
-    """Not supported: a non-empty list is refused (`unsupported_parameter`)."""
-    logprobs: Annotated[Any, WithJsonSchema({"anyOf": [{"const": False}, {"type": "null"}]})] = (
-        Field(default=None, exclude=True, repr=False)
-    )
-    """Not supported: `true` is refused (`unsupported_parameter`)."""
+    """Deprecated by OpenAI: a non-empty list is refused (`unsupported_parameter`), send
+    `tools`."""
 
     @field_validator("messages")
     @classmethod
     def _some_content(cls, messages: list[ChatCompletionMessage]) -> list[ChatCompletionMessage]:
         if not messages:
-            raise _invalid("messages must contain at least one message")
+            raise invalid("messages must contain at least one message")
         if not any(message.text().strip() for message in messages):
-            raise _invalid("messages must contain at least one message with non-empty content")
+            raise invalid("messages must contain at least one message with non-empty content")
         return messages
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n is not None and n != 1:
-            raise _unsupported(f"n={n} is not supported: only one choice (n=1) per request")
-        return n
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_sequences(cls, value: Any) -> Any:
-        if value is None or isinstance(value, str):
-            return value
-        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-            raise _invalid("stop must be a string or a list of strings")
-        if len(value) > MAX_STOP_SEQUENCES:
-            raise _invalid(f"stop allows at most {MAX_STOP_SEQUENCES} sequences, got {len(value)}")
-        return value
+        return check_stop(value)
 
-    @field_validator("tools", "functions")
+    @field_validator("logit_bias", mode="before")
     @classmethod
-    def _no_tools(cls, value: Any, info: ValidationInfo) -> Any:
+    def _logit_bias(cls, value: Any) -> Any:
+        return check_logit_bias(value)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> Any:
+        return check_tools(value)
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _tool_choice(cls, value: Any) -> Any:
+        return check_tool_choice(value)
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _response_format(cls, value: Any) -> Any:
+        return check_response_format(value)
+
+    @field_validator("functions")
+    @classmethod
+    def _no_functions(cls, value: Any) -> Any:
         if value is None or value == []:
             return None
         if isinstance(value, list):
-            raise _unsupported("tools and function calling are not supported")
-        raise _invalid(f"{info.field_name} must be a list")
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value is True:
-            raise _unsupported("logprobs are not supported")
-        if value is not None and value is not False:
-            raise _invalid("logprobs must be a boolean")
-        return None
+            raise unsupported("functions are deprecated and not served: send tools")
+        raise invalid("functions must be a list")
 
     @field_validator("stream_options")
     @classmethod
@@ -301,12 +331,34 @@ class ChatCompletionRequest(_Incoming):
         cls, value: StreamOptions | None, info: ValidationInfo
     ) -> StreamOptions | None:
         if value is not None and info.data.get("stream") is not True:
-            raise _invalid("stream_options is only allowed when stream is true")
+            raise invalid("stream_options is only allowed when stream is true")
         return value
 
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_needs_tools(cls, value: Any, info: ValidationInfo) -> Any:
+        tools = info.data.get("tools")
+        if value is not None and not tools:
+            raise invalid("tool_choice is only allowed when tools are given")
+        if isinstance(value, dict):
+            wanted = value["function"]["name"]
+            if wanted not in {tool["function"]["name"] for tool in tools or ()}:
+                raise invalid(f"tool_choice names '{wanted}', which is not one of the tools")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("logprobs") is not True:
+            raise invalid("top_logprobs is only allowed when logprobs is true")
+        return value
+
+    # ---------------------------------------------------------------- the request
+
     def to_messages(self) -> tuple[ChatMessage, ...]:
-        """The conversation as backend messages, multi-part contents flattened to text."""
-        return tuple(ChatMessage(role=m.role, content=m.text()) for m in self.messages)
+        """The conversation as backend messages, multi-part contents flattened to text
+        (the parts kept where there are images)."""
+        return tuple(m.to_message() for m in self.messages)
 
     def output_cap(self) -> int | None:
         """The client's cap on output tokens: `max_completion_tokens`, else `max_tokens`."""
@@ -316,120 +368,104 @@ class ChatCompletionRequest(_Incoming):
 
     def price_cap_micro(self) -> int | None:
         """`max_price_usd` in integer micro-USD, rounded down (exact, no float)."""
-        if self.max_price_usd is None:
-            return None
-        # quantize keeps at most 6 decimals of a value ≤ MAX_PRICE_USD: 13 digits, exact.
-        micro = self.max_price_usd.quantize(Decimal("0.000001"), rounding=ROUND_FLOOR)
-        return int(micro * MICRO_PER_USD)
+        return price_cap_micro(self.max_price_usd)
 
     def stop_sequences(self) -> tuple[str, ...]:
         """`stop` as a tuple (empty when unset)."""
-        if self.stop is None:
-            return ()
-        if isinstance(self.stop, str):
-            return (self.stop,)
-        return tuple(self.stop)
+        return stop_tuple(self.stop)
 
     def include_usage(self) -> bool:
         """Whether a streamed answer ends with a usage chunk."""
         return self.stream and self.stream_options is not None and self.stream_options.include_usage
+
+    def choices(self) -> int:
+        return self.n or 1
+
+    def calls_tools(self) -> bool:
+        """Whether the model may call a tool (tools given, `tool_choice` not "none")."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def features(self) -> frozenset[Capability]:
+        """What a model must serve to answer this request as asked."""
+        wanted: set[Capability] = set()
+        history = any(m.role == "tool" or m.tool_calls for m in self.messages)
+        if self.calls_tools() or history:
+            wanted.add(Capability.TOOLS)
+        if self.logprobs:
+            wanted.add(Capability.LOGPROBS)
+        if self.choices() > 1:
+            wanted.add(Capability.N)
+        kind = (self.response_format or {}).get("type")
+        if kind == "json_object":
+            wanted.add(Capability.JSON_OBJECT)
+        elif kind == "json_schema":
+            wanted.add(Capability.JSON_SCHEMA)
+        if self.presence_penalty or self.frequency_penalty:
+            wanted.add(Capability.PENALTIES)
+        if self.logit_bias:
+            wanted.add(Capability.LOGIT_BIAS)
+        if any(m.has_images() for m in self.messages):
+            wanted.add(Capability.IMAGES)
+        return frozenset(wanted)
+
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens as rtcts estimates them (tool definitions included); the
+        bill uses the engine's count."""
+        return count_chat_tokens(self.to_messages(), self.tools or ())
+
+    def generation(
+        self, request_id: str, max_tokens: int, capabilities: frozenset[Capability]
+    ) -> GenerationRequest:
+        """The engine's request, for a model with `capabilities`. Tools with
+        `tool_choice: "none"` go only to a model that serves tools (one that does not
+        could not call them anyway)."""
+        tools = tuple(self.tools or ()) if Capability.TOOLS in capabilities else ()
+        return GenerationRequest(
+            request_id=request_id,
+            messages=self.to_messages(),
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=self.stop_sequences(),
+            seed=self.seed,
+            n=self.choices(),
+            tools=tools,
+            tool_choice=self.tool_choice if tools else None,
+            parallel_tool_calls=self.parallel_tool_calls if tools else None,
+            logprobs=bool(self.logprobs),
+            top_logprobs=self.top_logprobs,
+            response_format=self.response_format,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=self.logit_bias or None,
+            user=self.user,
+        )
 
 
 class QuoteRequest(ChatCompletionRequest):
     """The body of `POST /v1/quote`: the same as a chat completion request."""
 
 
-# -------------------------------------------------------------------------- responses
-
-
-class _Outgoing(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-
-class Usage(_Outgoing):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-    @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
-        return cls(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        )
-
-
-class ResponseMessage(_Outgoing):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class Choice(_Outgoing):
-    index: int = 0
-    message: ResponseMessage
-    finish_reason: FinishReason | None
-
-
-class ChatCompletionResponse(_Outgoing):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    """Unix time, seconds."""
-    model: str
-    choices: list[Choice]
-    usage: Usage
-    rtcts: dict[str, Any] | None = None
-    """rtcts extension: the price and the decision behind it."""
-
-
-class ChunkDelta(_Outgoing):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChunkChoice(_Outgoing):
-    index: int = 0
-    delta: ChunkDelta
-    finish_reason: FinishReason | None = None
-
-
-class ChatCompletionChunk(_Outgoing):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    """Empty in the last chunk that carries only the usage."""
-    usage: Usage | None = None
-    rtcts: dict[str, Any] | None = None
-
-
-class ModelCard(_Outgoing):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "rtcts"
-    pricing: dict[str, Any] | None = None
-    """rtcts extension: list prices of the model."""
-
-
-class ModelList(_Outgoing):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-# ------------------------------------------------------------------------------- SSE
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def sse(data: BaseModel | str) -> bytes:
-    """One server-sent event: `data: {json}\\n\\n` (None fields left out), or the text as is.
-
-    `sse("[DONE]")` is the stream's end marker. A text with line breaks is sent as
-    several `data:` lines, which SSE clients join back with newlines.
-    """
-    text = data.model_dump_json(exclude_none=True) if isinstance(data, BaseModel) else data
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return ("".join(f"data: {line}\n" for line in lines) + "\n").encode()
+__all__ = [
+    "MAX_PRICE_USD",
+    "MAX_STOP_SEQUENCES",
+    "MICRO_PER_USD",
+    "SSE_DONE",
+    "UNSUPPORTED",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "Choice",
+    "ChunkChoice",
+    "ChunkDelta",
+    "FinishReason",
+    "ModelCard",
+    "ModelList",
+    "QuoteRequest",
+    "ResponseMessage",
+    "Role",
+    "StreamOptions",
+    "Usage",
+    "sse",
+]

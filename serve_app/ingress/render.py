@@ -16,6 +16,7 @@ are answered by `errors.error_for`. Which figure each header and `rtcts` field c
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -28,6 +29,7 @@ from serve_app.ingress import errors
 from serve_app.ingress.call import (
     ChatCall,
     ChatResult,
+    EmbeddingResult,
     Quoted,
     StreamEnd,
     StreamEvent,
@@ -35,15 +37,16 @@ from serve_app.ingress.call import (
     StreamOpened,
     StreamText,
 )
-from serve_app.ingress.documents import completion_json, decision_json, usd, verified_json
-from serve_app.ingress.protocol import (
-    SSE_DONE,
-    ChatCompletionChunk,
-    ChunkChoice,
-    ChunkDelta,
-    Usage,
-    sse,
+from serve_app.ingress.documents import (
+    completion_json,
+    decision_json,
+    embeddings_json,
+    text_completion_json,
+    usd,
+    verified_json,
 )
+from serve_app.ingress.protocol import SSE_DONE, sse
+from serve_app.ingress.protocol_endpoints import CompletionRequest, EmbeddingsRequest
 from serve_app.ingress.settlement import margin
 from serve_app.pricing import Decision
 from serve_app.pricing.billing import Bill
@@ -57,11 +60,27 @@ def quote_response(quoted: Quoted) -> Response:
 
 
 def chat_response(result: ChatResult) -> Response:
+    """A whole chat completion, or text completion (`/v1/completions`)."""
     call = result.call
-    body = completion_json(
+    document = text_completion_json if isinstance(call.body, CompletionRequest) else completion_json
+    body = document(
         call.request_id,
         call.model_id,
         result.completion,
+        verified_json(call.decision, result.bill, result.served),
+    )
+    headers = call_headers(call)
+    headers.update(bill_headers(call.chosen, result.bill))
+    return JSONResponse(body, headers=headers)
+
+
+def embeddings_response(result: EmbeddingResult) -> Response:
+    call = result.call
+    assert isinstance(call.body, EmbeddingsRequest)
+    body = embeddings_json(
+        call.model_id,
+        result.embeddings,
+        call.body.encoding_format,
         verified_json(call.decision, result.bill, result.served),
     )
     headers = call_headers(call)
@@ -80,36 +99,77 @@ def stream_response(call: ChatCall, events: AsyncGenerator[StreamEvent, None]) -
 async def sse_events(
     call: ChatCall, events: AsyncGenerator[StreamEvent, None]
 ) -> AsyncIterator[bytes]:
-    """The stream's events as OpenAI chunks. Closing this iterator (the client left)
-    closes `events` at once, so the service stops the generation and meters it."""
+    """The stream's events as OpenAI chunks (chat's, or a text completion's). Closing
+    this iterator (the client left) closes `events` at once, so the service stops the
+    generation and meters it."""
     created = int(time.time())
+    text = isinstance(call.body, CompletionRequest)
+    head = (
+        f'{{"id":"{"cmpl" if text else "chatcmpl"}-{call.request_id}",'
+        f'"object":"{"text_completion" if text else "chat.completion.chunk"}",'
+        f'"created":{created},"model":{json.dumps(call.model_id)},'
+    )
 
-    def chunk(**fields: Any) -> bytes:
-        return sse(
-            ChatCompletionChunk(
-                id=f"chatcmpl-{call.request_id}", created=created, model=call.model_id, **fields
-            )
-        )
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        fields = {"choices": choices, **extra}
+        return sse(head + json.dumps(fields, ensure_ascii=False, separators=(",", ":"))[1:])
 
     async with aclosing(events) as stream:
         async for event in stream:
             if isinstance(event, StreamOpened):
-                yield chunk(choices=[ChunkChoice(delta=ChunkDelta(role="assistant", content=""))])
+                if not text:
+                    yield chunk(
+                        [
+                            {"index": i, "delta": {"role": "assistant", "content": ""}}
+                            for i in range(call.body.choices())
+                        ]
+                    )
             elif isinstance(event, StreamText):
-                yield chunk(choices=[ChunkChoice(delta=ChunkDelta(content=event.text))])
+                yield chunk([text_choice(event) if text else chat_choice(event)])
             elif isinstance(event, StreamEnd):
-                yield chunk(
-                    choices=[ChunkChoice(delta=ChunkDelta(), finish_reason=event.finish_reason)]
-                )
-                rtcts = verified_json(call.decision, event.bill, event.served)
-                if call.body.include_usage():
-                    usage = Usage.of(event.served.input_tokens, event.served.output_tokens)
-                    yield chunk(choices=[], usage=usage, rtcts=rtcts)
+                end = {"index": event.index, "finish_reason": event.finish_reason}
+                if text:
+                    yield chunk([{**end, "text": "", "logprobs": None}])
                 else:
-                    yield chunk(choices=[], rtcts=rtcts)
+                    yield chunk([{**end, "delta": {}}])
+                extra: dict[str, Any] = {}
+                if call.body.include_usage():
+                    served = event.served
+                    extra["usage"] = {
+                        "prompt_tokens": served.input_tokens,
+                        "completion_tokens": served.output_tokens,
+                        "total_tokens": served.input_tokens + served.output_tokens,
+                    }
+                extra["rtcts"] = verified_json(call.decision, event.bill, event.served)
+                yield chunk([], **extra)
                 yield SSE_DONE
             elif isinstance(event, StreamFailed):
                 yield error_sse(event.error)
+
+
+def chat_choice(event: StreamText) -> dict[str, Any]:
+    """A chat chunk's choice: the piece's text and tool-call pieces, its logprobs."""
+    delta: dict[str, Any] = {}
+    if event.text or not event.tool_calls:
+        delta["content"] = event.text
+    if event.tool_calls:
+        delta["tool_calls"] = [dict(piece) for piece in event.tool_calls]
+    choice: dict[str, Any] = {"index": event.index, "delta": delta}
+    if event.logprobs is not None:
+        choice["logprobs"] = dict(event.logprobs)
+    if event.finish_reason is not None:
+        choice["finish_reason"] = event.finish_reason
+    return choice
+
+
+def text_choice(event: StreamText) -> dict[str, Any]:
+    """A text completion chunk's choice."""
+    return {
+        "index": event.index,
+        "text": event.text,
+        "logprobs": None if event.logprobs is None else dict(event.logprobs),
+        "finish_reason": event.finish_reason,
+    }
 
 
 def error_sse(error: Exception) -> bytes:

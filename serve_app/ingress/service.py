@@ -7,6 +7,12 @@ errors of `serve_app.errors`; the routes (`app.py`) hand them to `render.py`.
               -> admit (one Redis round trip) -> refuse, or a `ChatCall`
     complete: call the chosen model (in-flight counted) -> settle -> `ChatResult`
     stream:   `StreamOpened`, `StreamText`..., then `StreamEnd` or `StreamFailed`
+    embed:    the same for `/v1/embeddings` -> `EmbeddingResult`
+
+Chat, text completions (`/v1/completions`) and embeddings take the same path: the body
+says its endpoint, the features it asks for, its choices and its prompt tokens
+(`protocol.py`, `protocol_endpoints.py`), so the decision, admission, settlement and
+metering are one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from serve_app.errors import (
 from serve_app.ingress.call import (
     ChatCall,
     ChatResult,
+    EmbeddingResult,
+    PricedBody,
     Quoted,
     Served,
     StreamEnd,
@@ -44,12 +52,18 @@ from serve_app.ingress.call import (
 from serve_app.ingress.history import OutputHistory
 from serve_app.ingress.margins import MarginWindows
 from serve_app.ingress.policy_view import PolicyView
-from serve_app.ingress.protocol import ChatCompletionRequest
+from serve_app.ingress.protocol_endpoints import EmbeddingsRequest
 from serve_app.ingress.pump import DeltaPump
 from serve_app.ingress.settlement import Settlement
 from serve_app.ingress.traces import decision_attributes
-from serve_app.models.backend import Completion, GenerationRequest
-from serve_app.models.tokens import count_chat_tokens, count_tokens
+from serve_app.models.backend import (
+    Completion,
+    Delta,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+)
+from serve_app.models.tokens import count_tokens
 from serve_app.policy import LoadedPolicy, Tenant
 from serve_app.pricing import Decision, PriceBook, PriceRequest, Reason, decide
 from serve_app.pricing.billing import output_tokens_within
@@ -88,6 +102,7 @@ class ChatService:
         self._stream_handles = {
             m: h.options(method_name="stream", stream=True) for m, h in handles.items()
         }
+        self._embed_handles = {m: h.options(method_name="embed") for m, h in handles.items()}
         self._settlement = settlement
         self._history = history
         self._metrics = metrics
@@ -137,17 +152,18 @@ class ChatService:
             raise Unauthorized("Invalid API key")
         return tenant
 
-    def quote(
-        self, tenant: Tenant, body: ChatCompletionRequest, view: PolicyView | None = None
-    ) -> Quoted:
+    def quote(self, tenant: Tenant, body: PricedBody, view: PolicyView | None = None) -> Quoted:
         """The decision for this request now: the same pure function chat uses."""
         book = (view or self._view).book
         request = PriceRequest(
             model=body.model,
-            input_tokens=count_chat_tokens(body.to_messages()),
-            max_tokens=body.output_cap(),
+            input_tokens=body.prompt_tokens(),
+            max_tokens=body.output_cap() or None,
             output_history=self._history.of(tenant.id),
             max_price_micro=body.price_cap_micro(),
+            endpoint=body.endpoint,
+            features=body.features(),
+            choices=body.choices(),
         )
         windows = None if self._windows is None else self._windows.margins()
         snapshot = self.state.snapshot()
@@ -158,7 +174,7 @@ class ChatService:
     async def start(
         self,
         tenant: Tenant,
-        body: ChatCompletionRequest,
+        body: PricedBody,
         client_request_id: str | None = None,
         arrived_s: float | None = None,
     ) -> ChatCall:
@@ -185,18 +201,28 @@ class ChatService:
             raise refusal(decision)
         model = view.book.models[decision.model_id]
         plan = view.book.plans[tenant.plan]
-        output_cap = min(
-            body.output_cap() or model.max_output_tokens,
-            model.max_output_tokens,
-            max(1, model.context_window_tokens - quoted.request.input_tokens),
-        )
         cap_micro = body.price_cap_micro()
-        if cap_micro is not None:
-            # The cap bounds the worst case: generation stops where the cap is spent.
-            output_cap = min(output_cap, output_tokens_within(decision, plan, cap_micro))
-            if output_cap < 1:
-                raise PriceCapExceeded(decision.price_micro, cap_micro)
         chosen = decision.chosen
+        input_tokens = quoted.request.input_tokens
+        if isinstance(body, EmbeddingsRequest):
+            output_cap = 0
+            work: GenerationRequest | EmbeddingRequest = body.embedding(request_id)
+        else:
+            choices = body.choices()
+            per_choice = min(
+                body.output_cap() or model.max_output_tokens,
+                model.max_output_tokens,
+                max(1, model.context_window_tokens - input_tokens),
+            )
+            if cap_micro is not None:
+                # The cap bounds the worst case: generation stops where the cap is spent
+                # (every choice's output together).
+                within = output_tokens_within(decision, plan, cap_micro) // choices
+                per_choice = min(per_choice, within)
+                if per_choice < 1:
+                    raise PriceCapExceeded(decision.price_micro, cap_micro)
+            output_cap = per_choice * choices
+            work = body.generation(request_id, per_choice, model.capabilities)
         await self._admit(tenant, request_id, decision, cap_micro, output_cap, view)
         return ChatCall(
             tenant=tenant,
@@ -205,15 +231,7 @@ class ChatService:
             plan=plan,
             credit=view.credits[tenant.plan],
             request_id=request_id,
-            generation=GenerationRequest(
-                request_id=request_id,
-                messages=body.to_messages(),
-                max_tokens=output_cap,
-                temperature=body.temperature,
-                top_p=body.top_p,
-                stop=body.stop_sequences(),
-                seed=body.seed,
-            ),
+            generation=work,
             service_s=full_batch_service_s(
                 model, chosen.input_tokens, min(chosen.predicted_output_tokens, output_cap)
             ),
@@ -222,7 +240,7 @@ class ChatService:
         )
 
     def _traced_quote(
-        self, tenant: Tenant, body: ChatCompletionRequest, request_id: str, view: PolicyView
+        self, tenant: Tenant, body: PricedBody, request_id: str, view: PolicyView
     ) -> Quoted:
         if not tracing():  # no tracer provider: skip the (no-op) span's own cost
             return self.quote(tenant, body, view)
@@ -277,11 +295,12 @@ class ChatService:
         try:
             yield StreamOpened()
             async for at, delta in pump:
-                if delta.text:
+                piece = _piece(delta)
+                if piece is not None:
                     # Counted as delivered once handed to the transport (the yield).
-                    delivered.append(delta.text)
+                    delivered.append(_text_of(delta))
                     delivered_at = at
-                    yield StreamText(delta.text)
+                    yield piece
             last = pump.last
             if last is None or last.finish_reason is None:
                 raise BackendError("the stream ended without a finish reason")
@@ -301,7 +320,25 @@ class ChatService:
             (pump.first_at or call.arrived_s) - call.arrived_s,
             (pump.last_at or call.arrived_s) - call.arrived_s,
         )
-        yield StreamEnd(last.finish_reason, served, self._settlement.settle(call, served))
+        bill = self._settlement.settle(call, served)
+        yield StreamEnd(last.finish_reason, served, bill, last.index)
+
+    async def embed(self, call: ChatCall) -> EmbeddingResult:
+        """Serve an embeddings call: billed per input token and metered, or a
+        `BackendError` raised (metered as failed, nothing billed)."""
+        self.state.begin(call.model_id, call.service_s)
+        try:
+            embeddings: Embeddings = await self._embed_handles[call.model_id].remote(
+                call.generation
+            )
+        except BaseException as exc:
+            self._settlement.fail(call, exc)
+            raise served_error(exc) from None
+        finally:
+            self.state.end(call.model_id, call.service_s)
+        total_s = max(time.monotonic() - call.arrived_s, embeddings.total_s)
+        served = Served(embeddings.input_tokens, 0, total_s, total_s)
+        return EmbeddingResult(call, embeddings, served, self._settlement.settle(call, served))
 
     @staticmethod
     def _delivered(
@@ -362,6 +399,26 @@ class ChatService:
             if result.code.value == "budget_exceeded":
                 raise BudgetExceeded("Your monthly budget would be exceeded by this request.")
             raise RateLimited(result.code.value, result.retry_after_s)
+
+
+def _piece(delta: Delta) -> StreamText | None:
+    """The event of a model's delta: its text, tool-call pieces or logprobs, and the
+    end of its choice unless it is the stream's last (that one is `StreamEnd`'s)."""
+    last = delta.output_tokens is not None
+    finish = None if last else delta.finish_reason
+    if not (delta.text or delta.tool_calls or delta.logprobs or finish):
+        return None
+    return StreamText(delta.text, delta.index, delta.tool_calls, delta.logprobs, finish)
+
+
+def _text_of(delta: Delta) -> str:
+    """What a delta delivers, as text: its content and its tool calls' names and
+    arguments (an abandoned stream is billed for it)."""
+    text = delta.text
+    for call in delta.tool_calls:
+        function = call.get("function") or {}
+        text += " ".join(str(function.get(key) or "") for key in ("name", "arguments"))
+    return text
 
 
 def worst_case_micro(decision: Decision, cap_micro: int | None) -> int:

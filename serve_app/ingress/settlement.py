@@ -5,7 +5,8 @@ Guarantees kept here, for every request that was admitted:
   was delivered (`abandoned`) when the client left a stream after its first token;
   non-billable (billed 0, with the failure's name) after a model failure or a cancel
   before the first token; never two;
-- a cancel is not a model failure: it does not count in the failure metric;
+- a cancel is not a model failure, nor a request the engine refused as invalid
+  (`RequestRejected`): neither counts in the failure metric;
 - the admission reservation is settled to the verified tokens and bill, or released
   (0, 0) after a failure, in the background (the gate retries while Redis is down);
 - the bill is the pure `pricing.billing.bill` of the verified counts and latency.
@@ -18,10 +19,12 @@ import logging
 import time
 
 from serve_app.admission import AdmissionGate
+from serve_app.errors import RequestRejected
 from serve_app.ingress.call import ChatCall, Served
 from serve_app.ingress.history import OutputHistory
 from serve_app.ingress.margins import MarginWindows
 from serve_app.metering.meter import Meter, MeterSink, new_meter_id
+from serve_app.policy.capabilities import Capability
 from serve_app.pricing.billing import Bill, bill
 from serve_app.telemetry import Metrics
 
@@ -52,10 +55,14 @@ class Settlement:
         self._background: set[asyncio.Task[None]] = set()
 
     def settle(self, call: ChatCall, served: Served) -> Bill:
-        """A finished generation: its bill, settled and metered."""
+        """A finished generation (or embedding): its bill, settled and metered. The
+        tenant's output history learns each choice's output (embeddings have none)."""
         the_bill = self._bill(call, served)
-        self._history.observe(call.tenant.id, call.model_id, served.output_tokens)
-        self._record(call, served, the_bill, abandoned=False, observed=True)
+        per_choice = served.output_tokens // max(1, call.body.choices())
+        observed = call.decision.endpoint is not Capability.EMBEDDINGS
+        if observed:
+            self._history.observe(call.tenant.id, call.model_id, per_choice)
+        self._record(call, served, the_bill, abandoned=False, observed_output=per_choice)
         return the_bill
 
     def abandon(self, call: ChatCall, delivered: Served | None) -> None:
@@ -85,7 +92,7 @@ class Settlement:
         the_bill: Bill,
         *,
         abandoned: bool,
-        observed: bool = False,
+        observed_output: int = 0,
     ) -> None:
         chosen = call.chosen
         if self._windows is not None:
@@ -94,7 +101,7 @@ class Settlement:
             call,
             served.input_tokens + served.output_tokens,
             the_bill.billed_micro,
-            served.output_tokens if observed else 0,
+            observed_output,
         )
         self._metrics.billed(
             chosen.model_id,
@@ -110,7 +117,9 @@ class Settlement:
         """A served request failed or was cancelled: a non-billable meter, never a charge."""
         cancelled = not isinstance(exc, Exception)
         failure = "cancelled" if cancelled else type(exc).__name__
-        if not cancelled:
+        if isinstance(exc, RequestRejected):
+            failure = "RequestRejected"  # the client's request, not the model's failure
+        elif not cancelled:
             self._metrics.failure(call.model_id)
         self._settle_admission(call, 0, 0)  # failed: release, never charge
         logger.warning("request %s on %s failed: %s", call.request_id, call.model_id, failure)

@@ -65,7 +65,7 @@ def test_default_policy_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert err == ""
     assert out.startswith(f"{DEFAULT_POLICY}: ok (version 2026-11-27.1+")
-    assert "3 models, 3 routes, 2 plans, 2 tenants" in out
+    assert "4 models, 3 routes, 2 plans, 2 tenants" in out
 
 
 def test_relative_path_from_the_repository(
@@ -148,7 +148,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
     (
         "duplicate model id",
         _duplicate_model,
-        "models[3].id",
+        "models[4].id",
         "duplicate model id 'llama-3.1-8b' (first at models[0])",
     ),
     (

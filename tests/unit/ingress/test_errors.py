@@ -234,20 +234,20 @@ INVALID_BODIES: list[tuple[str, dict[str, Any], str, str]] = [
         "Input should be 'system', 'user', 'assistant', 'tool' or 'developer'",
     ),
     (
-        "image part",
+        "audio part",
         valid_body(
             messages=[
                 {
                     "role": "user",
                     "content": [
                         {"type": "text", "text": "what is this?"},
-                        {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+                        {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
                     ],
                 }
             ]
         ),
         "messages[0].content",
-        "only text content is supported",
+        "only text and image_url content is supported",
     ),
     (
         "only empty contents",
@@ -261,15 +261,35 @@ INVALID_BODIES: list[tuple[str, dict[str, Any], str, str]] = [
         "messages[0]",
         "content is required",
     ),
-    ("n=2", valid_body(n=2), "n", "only one choice"),
+    ("n=0", valid_body(n=0), "n", "greater than or equal to 1"),
+    ("n=129", valid_body(n=129), "n", "less than or equal to 128"),
     (
+        "tool without a name",
+        valid_body(tools=[{"type": "function", "function": {"parameters": {}}}]),
         "tools",
-        valid_body(tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-        "tools",
-        "not supported",
+        "tools[0].function.name must be",
+    ),
+    (
+        "tool_choice without tools",
+        valid_body(tool_choice="auto"),
+        "tool_choice",
+        "tool_choice is only allowed when tools are given",
     ),
     ("functions", valid_body(functions=[{"name": "f", "parameters": {}}]), "functions", "not"),
-    ("logprobs", valid_body(logprobs=True), "logprobs", "logprobs are not supported"),
+    ("logprobs string", valid_body(logprobs="yes"), "logprobs", "valid boolean"),
+    (
+        "top_logprobs without logprobs",
+        valid_body(top_logprobs=2),
+        "top_logprobs",
+        "top_logprobs is only allowed when logprobs is true",
+    ),
+    (
+        "response_format unknown",
+        valid_body(response_format={"type": "yaml"}),
+        "response_format",
+        "must be text, json_object or json_schema",
+    ),
+    ("logit_bias word", valid_body(logit_bias={"hello": 5}), "logit_bias", "not a token id"),
     ("temperature 3", valid_body(temperature=3), "temperature", "less than or equal to 2"),
     ("temperature string", valid_body(temperature="hot"), "temperature", "valid number"),
     ("top_p 0", valid_body(top_p=0), "top_p", "greater than 0"),
@@ -324,9 +344,8 @@ def test_invalid_request_is_400_in_openai_shape(
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        (valid_body(n=2), "n"),
-        (valid_body(tools=[{"type": "function"}]), "tools"),
-        (valid_body(logprobs=True), "logprobs"),
+        (valid_body(tools=[{"type": "code_interpreter"}]), "tools"),
+        (valid_body(functions=[{"name": "f"}]), "functions"),
         (
             valid_body(messages=[{"role": "user", "content": [{"type": "input_audio"}]}]),
             "messages[0].content",
@@ -345,8 +364,27 @@ def test_unsupported_features_carry_a_code(
     "body",
     [
         valid_body(n=1),
+        valid_body(n=2),
         valid_body(logprobs=False),
+        valid_body(logprobs=True, top_logprobs=2),
         valid_body(tools=[]),
+        valid_body(
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tool_choice={"type": "function", "function": {"name": "f"}},
+        ),
+        valid_body(response_format={"type": "json_object"}),
+        valid_body(logit_bias={"42": -100}, presence_penalty=0.5),
+        valid_body(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "https://x/y.png"}},
+                    ],
+                }
+            ]
+        ),
         valid_body(tools=None, functions=None, logprobs=None),
         valid_body(stream=True, stream_options={"include_usage": False}),
         valid_body(stream_options=None),

@@ -233,7 +233,7 @@ ANSWERS = [
     ("get", "/v1/cluster", None, TENANT, None, 200),
     ("get", "/healthz", None, {}, None, 200),
     ("post", "/v1/chat/completions", None, {}, CHAT, 401),
-    ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "n": 2}, 400),
+    ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "n": 0}, 400),
     ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "model": "gpt-9"}, 404),
     ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "max_price_usd": 0}, 402),
     ("post", "/v1/quote", None, {}, CHAT, 401),

@@ -102,17 +102,17 @@ def test_quote_request_takes_the_same_body() -> None:
     body = QuoteRequest.model_validate_json(OPENAI_CLIENT_BODY)
     assert isinstance(body, ChatCompletionRequest)
     assert body.output_cap() == 64
-    with pytest.raises(ValidationError, match="only text content is supported"):
+    with pytest.raises(ValidationError, match="only text and image_url content is supported"):
         QuoteRequest.model_validate(
-            {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}
         )
 
 
 def test_unknown_fields_are_ignored_and_rejected_ones_never_serialized() -> None:
-    body = request(future_field=1, tools=[], logprobs=False)
+    body = request(future_field=1, functions=[], logprobs=False)
     dumped = body.model_dump()
     assert "future_field" not in dumped
-    assert {"tools", "functions", "logprobs"}.isdisjoint(dumped)
+    assert "functions" not in dumped
 
 
 # ------------------------------------------------------------------------- helpers
@@ -199,16 +199,42 @@ def test_include_usage_needs_stream_and_the_option() -> None:
         ({"messages": [{"role": "robot", "content": "x"}]}, "Input should be 'system'"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-            "only text content is supported",
+            "image_url must be an object with a url",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {}}]}]},
+            "only text and image_url content is supported",
         ),
         ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "text must be a string"),
-        ({"messages": [{"role": "user", "content": 5}]}, "string or a list of text parts"),
-        ({"n": 2}, "only one choice"),
-        ({"n": 0}, "only one choice"),
-        ({"tools": [{"type": "function"}]}, "not supported"),
-        ({"functions": [{"name": "f"}]}, "not supported"),
-        ({"logprobs": True}, "logprobs are not supported"),
-        ({"logprobs": "yes"}, "logprobs must be a boolean"),
+        ({"messages": [{"role": "user", "content": 5}]}, "list of text and image_url parts"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "needs the tool_call_id"),
+        (
+            {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]},
+            r"tool_calls\[0\]\.function must be an object",
+        ),
+        ({"n": 0}, "greater than or equal to 1"),
+        ({"tools": [{"type": "function"}]}, "function must be an object"),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "letters, digits"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "any"},
+            "tool_choice must be one of",
+        ),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "names 'g', which is not one of the tools",
+        ),
+        ({"functions": [{"name": "f"}]}, "send tools"),
+        ({"logprobs": "yes"}, "valid boolean"),
+        ({"logprobs": True, "top_logprobs": 21}, "less than or equal to 20"),
+        ({"response_format": {"type": "json_schema"}}, "json_schema must be an object"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 1}}},
+            "schema has the wrong type",
+        ),
+        ({"logit_bias": {"1": 101}}, "from -100 to 100"),
         ({"temperature": 3}, "less than or equal to 2"),
         ({"temperature": -0.1}, "greater than or equal to 0"),
         ({"top_p": 0}, "greater than 0"),
