@@ -193,13 +193,6 @@ class Replica:
         self.warm = True
         self._view = None
 
-    @property
-    def decoding_count(self) -> int:
-        return len(self.decoding)
-
-    def tpot_s(self, batch: int) -> float:
-        return self._tpot[batch]
-
     def admit(self, job: Job, now: float) -> None:
         """Take a job routed here: a slot if one is free, else the queue."""
         job.replica = self

@@ -13,7 +13,6 @@ replica count), and the window is their difference between `now − window_s` an
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 
 from serve_app.pricing.window import WindowMargin
 
@@ -49,10 +48,6 @@ class RollingWindows:
             raise ValueError(f"window_s must be positive, got {window_s}")
         self.window_s = window_s
         self._models = {m: _ModelWindow(rate, now) for m, rate in usd_per_s.items()}
-
-    @property
-    def models(self) -> Iterable[str]:
-        return self._models.keys()
 
     def billed(self, model_id: str, now: float, revenue_micro: int) -> None:
         """A request on `model_id` was billed `revenue_micro` at `now`."""
