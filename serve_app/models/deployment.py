@@ -23,7 +23,16 @@ from ray import serve
 
 from serve_app.cluster.registry import get_or_create_registry
 from serve_app.cluster.reports import ReplicaReport
-from serve_app.models.backend import Backend, Completion, Delta, GenerationRequest
+from serve_app.models.backend import (
+    Backend,
+    Completion,
+    Delta,
+    Embedder,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    RequestRejected,
+)
 from serve_app.models.simulated import DEFAULT_NATURAL_OUTPUT_TOKENS, SimulatedLLM
 from serve_app.models.stats import (
     ServiceStats,
@@ -98,6 +107,8 @@ class ModelServer:
         self._running[request.request_id] = started
         try:
             completion = await self._backend.generate(request)
+        except RequestRejected:
+            raise  # the client's invalid request: no failure of the model
         except Exception:
             self._stats.record(False, time.monotonic() - started)
             raise
@@ -116,6 +127,8 @@ class ModelServer:
             async for delta in self._backend.stream(request):
                 yield delta
             outcome = True
+        except RequestRejected:
+            raise  # the client's invalid request: no failure of the model
         except Exception:
             outcome = False
             raise
@@ -123,6 +136,25 @@ class ModelServer:
             self._running.pop(request.request_id, None)
             if outcome is not None:
                 self._stats.record(outcome, time.monotonic() - started)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embed with the backend (the ingress sends embeddings only to a model whose
+        capabilities include them)."""
+        if not isinstance(self._backend, Embedder):
+            raise RequestRejected(f"model {self._spec.id} does not serve embeddings")
+        started = time.monotonic()
+        self._running[request.request_id] = started
+        try:
+            embeddings = await self._backend.embed(request)
+        except RequestRejected:
+            raise
+        except Exception:
+            self._stats.record(False, time.monotonic() - started)
+            raise
+        finally:
+            self._running.pop(request.request_id, None)
+        self._stats.record(True, embeddings.total_s)
+        return embeddings
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy."""

@@ -1,16 +1,20 @@
 """A backend that forwards to an OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp).
 
-`OpenAIUpstream` posts each request to the server's `/v1/chat/completions` with one
-`httpx.AsyncClient`, streaming with server-sent events (the bodies it sends and reads:
-`openai_wire.py`), and reads the server's load from its Prometheus `/metrics` page,
-polled in the background (`upstream_load.py`).
+`OpenAIUpstream` posts each request to the server's `/v1/chat/completions` (a text
+completion to `/v1/completions`, embeddings to `/v1/embeddings`) with one
+`httpx.AsyncClient`, streaming with server-sent events (the bodies it sends and reads,
+every OpenAI field included: `openai_wire.py`), and reads the server's load from its
+Prometheus `/metrics` page, polled in the background (`upstream_load.py`).
 A server without a readable `/metrics` page is priced from the requests this replica
 has in flight to it.
 
 Errors map onto the backend hierarchy: the server unreachable or timing out before
-it answers → `BackendUnavailable`; an HTTP error status, a malformed body or a stream
-that stops before its end → `GenerationFailed`. The API key travels only in the
-`Authorization` header and is scrubbed from every message this module writes.
+it answers → `BackendUnavailable`; the server refusing the request as invalid (HTTP
+400, 404, 413, 422: a field it does not serve, a prompt too long for it) →
+`RequestRejected` with its message, answered 400 to the client; another HTTP error
+status, a malformed body or a stream that stops before its end → `GenerationFailed`.
+The API key travels only in the `Authorization` header and is scrubbed from every
+message this module writes.
 """
 
 from __future__ import annotations
@@ -25,29 +29,42 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from serve_app.models.backend import (
+    BackendError,
     BackendUnavailable,
+    ChoiceOutput,
     Completion,
     Delta,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     GenerationFailed,
     GenerationRequest,
     LoadReport,
+    RequestRejected,
 )
 from serve_app.models.openai_wire import (
-    CHAT_PATH,
+    EMBEDDINGS_PATH,
     FAILED_FINISH_REASONS,
+    Reply,
+    embedding_body,
     error_detail,
+    error_param,
     parse_chunk,
     parse_completion,
+    parse_embeddings,
     request_body,
+    request_path,
     sse_data,
     token_usage,
+    tool_calls_text,
 )
 from serve_app.models.upstream_load import UpstreamLoad
 
 __all__ = ["OpenAIUpstream"]
 
 logger = logging.getLogger(__name__)
+REJECTED_STATUSES = frozenset({400, 404, 413, 422})
+"""Statuses by which a server refuses the request itself (answered 400 to the client)."""
 
 
 class OpenAIUpstream:
@@ -181,7 +198,7 @@ class OpenAIUpstream:
         self._inflight += 1
         try:
             try:
-                response = await client.post(CHAT_PATH, json=body)
+                response = await client.post(request_path(request), json=body)
             except httpx.TransportError as exc:
                 raise self._unavailable(exc) from None
         finally:
@@ -193,23 +210,34 @@ class OpenAIUpstream:
             reply = parse_completion(response.content)
         except ValueError as exc:
             raise self._malformed(str(exc)) from None
-        finish_reason = self._finish_reason(reply.finish_reason)
-        input_tokens, output_tokens = token_usage(reply.usage, request.messages, reply.text)
+        choices = tuple(
+            ChoiceOutput(
+                c.index, c.text, self._finish_reason(c.finish_reason), c.tool_calls, c.logprobs
+            )
+            for c in reply.choices
+        )
+        output = "".join(c.text + tool_calls_text(c.tool_calls) for c in choices)
+        input_tokens, output_tokens = token_usage(
+            reply.usage, request.messages, output, request.prompt or ()
+        )
+        plain = len(choices) == 1 and not choices[0].tool_calls and choices[0].logprobs is None
         return Completion(
-            text=reply.text,
-            finish_reason=finish_reason,
+            text=choices[0].text,
+            finish_reason=choices[0].finish_reason,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             ttft_s=total_s,
             total_s=total_s,
+            choices=() if plain else choices,
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """Post with `stream: true`; one Delta per content piece, then a closing Delta.
+        """Post with `stream: true`; one Delta per piece of each choice (text, tool-call
+        pieces, logprobs), then the choices' ends.
 
-        The closing Delta has empty text, the finish reason and the usage (the
-        server's, else counted). A stream that ends before `[DONE]` without a finish
-        reason, or breaks off, raises `GenerationFailed`.
+        Finish reasons are held to the end: each choice's end is a Delta of its own, the
+        last one with the usage (the server's, else counted). A stream that ends before
+        `[DONE]` without a finish reason, or breaks off, raises `GenerationFailed`.
         """
         client = self._require_client()
         body = request_body(request, self._model, stream=True)
@@ -219,7 +247,7 @@ class OpenAIUpstream:
         try:
             try:
                 response = await client.send(
-                    client.build_request("POST", CHAT_PATH, json=body), stream=True
+                    client.build_request("POST", request_path(request), json=body), stream=True
                 )
             except httpx.TransportError as exc:
                 raise self._unavailable(exc) from None
@@ -227,7 +255,7 @@ class OpenAIUpstream:
                 if response.status_code >= 400:
                     raise self._status_error(response.status_code, await response.aread())
                 pieces: list[str] = []
-                finish: object = None
+                finishes: dict[int, object] = {}
                 usage: object = None
                 done = False
                 async for line in response.aiter_lines():
@@ -237,27 +265,23 @@ class OpenAIUpstream:
                     if data.strip() == "[DONE]":
                         done = True
                         break
-                    try:
-                        chunk = parse_chunk(data)
-                    except ValueError as exc:
-                        raise self._malformed(str(exc)) from None
-                    if chunk.error is not None:
-                        raise GenerationFailed(
-                            self._scrub(
-                                f"upstream {self._display_url} failed mid-stream: {chunk.error}"
-                            )
-                        )
+                    chunk = self._chunk(data)
                     if chunk.usage:
                         usage = chunk.usage
-                    if chunk.finish_reason is not None:
-                        finish = chunk.finish_reason
-                    text = chunk.text
-                    if text:
-                        if ttft_s is None:
-                            ttft_s = self._clock() - started
-                        pieces.append(text)
-                        yield Delta(text=text)
-                if not done and finish is None:
+                    for piece in chunk.choices:
+                        if piece.finish_reason is not None:
+                            finishes[piece.index] = piece.finish_reason
+                        if piece.text or piece.tool_calls or piece.logprobs:
+                            if ttft_s is None:
+                                ttft_s = self._clock() - started
+                            pieces.append(piece.text + tool_calls_text(piece.tool_calls))
+                            yield Delta(
+                                text=piece.text,
+                                index=piece.index,
+                                tool_calls=piece.tool_calls,
+                                logprobs=piece.logprobs,
+                            )
+                if not done and not finishes:
                     raise self._malformed("stream ended before [DONE]")
             except httpx.TransportError as exc:
                 raise GenerationFailed(
@@ -270,8 +294,10 @@ class OpenAIUpstream:
                 await response.aclose()
         finally:
             self._inflight -= 1
-        finish_reason = self._finish_reason(finish)
-        input_tokens, output_tokens = token_usage(usage, request.messages, "".join(pieces))
+        ends = sorted(finishes.items()) or [(0, None)]
+        input_tokens, output_tokens = token_usage(
+            usage, request.messages, "".join(pieces), request.prompt or ()
+        )
         logger.debug(
             "upstream %s request %s: ttft %.3fs total %.3fs",
             self._display_url,
@@ -279,12 +305,55 @@ class OpenAIUpstream:
             ttft_s if ttft_s is not None else -1.0,
             self._clock() - started,
         )
+        for index, finish in ends[:-1]:
+            yield Delta(text="", index=index, finish_reason=self._finish_reason(finish))
+        index, finish = ends[-1]
         yield Delta(
             text="",
-            finish_reason=finish_reason,
+            index=index,
+            finish_reason=self._finish_reason(finish),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
         )
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Post to `/v1/embeddings` (floats); the server's usage, else counted."""
+        client = self._require_client()
+        started = self._clock()
+        self._inflight += 1
+        try:
+            try:
+                response = await client.post(
+                    EMBEDDINGS_PATH, json=embedding_body(request, self._model)
+                )
+            except httpx.TransportError as exc:
+                raise self._unavailable(exc) from None
+        finally:
+            self._inflight -= 1
+        if response.status_code >= 400:
+            raise self._status_error(response.status_code, response.content)
+        try:
+            vectors, usage = parse_embeddings(response.content)
+        except ValueError as exc:
+            raise self._malformed(str(exc)) from None
+        if len(vectors) != len(request.inputs):
+            raise self._malformed(f"{len(vectors)} vectors for {len(request.inputs)} inputs")
+        texts = tuple(x for x in request.inputs if isinstance(x, str))
+        input_tokens, _ = token_usage(usage, (), "", texts)
+        if not isinstance(usage, dict) or "prompt_tokens" not in usage:
+            input_tokens += sum(len(x) for x in request.inputs if isinstance(x, tuple))
+        return Embeddings(vectors, input_tokens, max(0.0, self._clock() - started))
+
+    def _chunk(self, data: str) -> Reply:
+        try:
+            chunk = parse_chunk(data)
+        except ValueError as exc:
+            raise self._malformed(str(exc)) from None
+        if chunk.error is not None:
+            raise GenerationFailed(
+                self._scrub(f"upstream {self._display_url} failed mid-stream: {chunk.error}")
+            )
+        return chunk
 
     # ---------------------------------------------------------------- helpers
 
@@ -347,6 +416,8 @@ class OpenAIUpstream:
     def _finish_reason(self, finish: object) -> FinishReason:
         if finish == "length":
             return "length"
+        if finish in ("tool_calls", "function_call"):
+            return "tool_calls"
         if finish in FAILED_FINISH_REASONS:
             raise GenerationFailed(
                 f"upstream {self._display_url} ended the generation with {finish!r}"
@@ -364,8 +435,11 @@ class OpenAIUpstream:
             self._scrub(f"upstream {self._display_url} {kind}: {type(exc).__name__}: {exc}")
         )
 
-    def _status_error(self, status: int, content: bytes) -> GenerationFailed:
+    def _status_error(self, status: int, content: bytes) -> BackendError:
         detail = error_detail(content)
+        if status in REJECTED_STATUSES:
+            # The client's request: the server's own words (scrubbed), never its URL.
+            return RequestRejected(self._scrub(detail), param=error_param(content))
         return GenerationFailed(
             self._scrub(f"upstream {self._display_url} answered HTTP {status}: {detail}")
         )

@@ -19,6 +19,7 @@ from serve_app.models.backend import (
     Delta,
     GenerationFailed,
     GenerationRequest,
+    RequestRejected,
 )
 from serve_app.models.upstream import OpenAIUpstream
 from tests.fakes import FakeClock
@@ -369,8 +370,7 @@ def test_generate_without_usage_counts_tokens(monkeypatch: pytest.MonkeyPatch) -
     [
         (500, {"object": "error", "message": "CUDA out of memory", "code": 500}, "CUDA out of"),
         (502, "<html>Bad Gateway</html>", "Bad Gateway"),
-        (400, {"error": {"message": "max_tokens is too large", "type": "invalid"}}, "too large"),
-        (422, {"error": "Input validation error", "error_type": "validation"}, "validation"),
+        (429, {"error": {"message": "too many requests"}}, "too many"),
     ],
 )
 def test_http_errors_fail_the_generation(status: int, body: Any, message: str) -> None:
@@ -794,6 +794,52 @@ def test_load_never_shows_fewer_than_local_inflight() -> None:
 # ----------------------------------------------------------------- API key
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "message", "param"),
+    [
+        (
+            400,
+            {"error": {"message": "max_tokens is too large", "param": "max_tokens"}},
+            "too large",
+            "max_tokens",
+        ),
+        (422, {"error": "Input validation error", "error_type": "validation"}, "validation", None),
+        (
+            404,
+            {"object": "error", "message": "The model `x` does not exist."},
+            "does not exist",
+            None,
+        ),
+    ],
+)
+def test_a_request_the_server_refuses_is_rejected_not_failed(
+    status: int, body: Any, message: str, param: str | None
+) -> None:
+    """The server's 4xx about the request itself: the client's to fix (answered 400),
+    with the server's own message and the field it names, never the server's URL."""
+    server = FakeServer()
+
+    async def refusing(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body)
+
+    server.chat = refusing
+
+    async def scenario() -> None:
+        backend = make(server)
+        await backend.start()
+        with pytest.raises(RequestRejected) as rejected:
+            await backend.generate(request())
+        assert message in rejected.value.detail
+        assert rejected.value.param == param
+        assert "http" not in rejected.value.detail
+        with pytest.raises(RequestRejected):
+            async for _ in backend.stream(request()):
+                pass
+        await backend.close()
+
+    run(scenario())
+
+
 def test_api_key_is_sent_as_bearer_and_never_in_messages() -> None:
     server = FakeServer()
 
@@ -808,7 +854,7 @@ def test_api_key_is_sent_as_bearer_and_never_in_messages() -> None:
         backend = make(server, api_key=API_KEY)
         await backend.start()
         errors: list[BaseException] = []
-        with pytest.raises(GenerationFailed) as failed:
+        with pytest.raises(RequestRejected) as failed:
             await backend.generate(request())
         errors.append(failed.value)
         server.down = True
