@@ -104,28 +104,38 @@ class Ledger:
         self._revenue_by_model = dict.fromkeys(self.models, 0)
         self._served_by_model = dict.fromkeys(self.models, 0)
 
-    @staticmethod
-    def _add(column: list[int], minute: int, value: int) -> None:
-        if minute >= len(column):
-            column.extend([0] * (minute + 1 - len(column)))
-        column[minute] += value
+    def _grow(self, minute: int) -> None:
+        """Every minute column long enough to hold `minute` (they grow together)."""
+        more = [0] * (minute + 1 - len(self._served))
+        for column in (
+            *self._actions.values(),
+            *self._tokens.values(),
+            self._served,
+            self._fallback,
+            self._failed,
+            self._missed,
+            self._revenue,
+            self._credits,
+        ):
+            column.extend(more)
 
     def decided(self, now: float, action: str, model_id: str | None, fallback: bool) -> None:
         if now < 0:  # the warm-up
             return
         minute = int(now // 60)
-        self._add(self._actions[action], minute, 1)
+        if minute >= len(self._served):
+            self._grow(minute)
+        self._actions[action][minute] += 1
         if model_id is not None:
-            self._add(self._served, minute, 1)
+            self._served[minute] += 1
             self._served_by_model[model_id] += 1
             if fallback:
-                self._add(self._fallback, minute, 1)
+                self._fallback[minute] += 1
 
     def ended(
         self,
         now: float,
         model_id: str,
-        *,
         billed_micro: int,
         credit_micro: int,
         tokens: int,
@@ -133,24 +143,28 @@ class Ledger:
         sla_met: bool,
         ttft_s: float | None,
     ) -> None:
+        """A request ended: `billed_micro` after `credit_micro` (0 when it failed)."""
         if now < 0:  # the warm-up
             return
         minute = int(now // 60)
-        self._add(self._tokens[model_id], minute, tokens)
+        if minute >= len(self._served):
+            self._grow(minute)
+        self._tokens[model_id][minute] += tokens
         if failed:
-            self._add(self._failed, minute, 1)
+            self._failed[minute] += 1
             return
         if ttft_s is not None:
             self.ttft_s.append(ttft_s)
         if not sla_met:
-            self._add(self._missed, minute, 1)
+            self._missed[minute] += 1
         if billed_micro or credit_micro:
-            self._add(self._revenue, minute, billed_micro)
-            self._add(self._credits, minute, credit_micro)
+            self._revenue[minute] += billed_micro
+            self._credits[minute] += credit_micro
             self._revenue_by_model[model_id] += billed_micro
-            total = (self.revenue_to_date[-1] if self.revenue_to_date else 0) + billed_micro
+            revenue_to_date = self.revenue_to_date
+            total = (revenue_to_date[-1] if revenue_to_date else 0) + billed_micro
             self.ended_at.append(now)
-            self.revenue_to_date.append(total)
+            revenue_to_date.append(total)
 
     def revenue_before(self, t: float) -> int:
         """Revenue of the requests that ended before `t`."""

@@ -260,16 +260,7 @@ class Replay:
         model_id = job.model_id
         if job.failed:
             produced = max(0, job.decode_tokens)
-            self.ledger.ended(
-                now,
-                model_id,
-                billed_micro=0,
-                credit_micro=0,
-                tokens=job.input_tokens + produced,
-                failed=True,
-                sla_met=True,
-                ttft_s=None,
-            )
+            self.ledger.ended(now, model_id, 0, 0, job.input_tokens + produced, True, True, None)
             return
         output_tokens = job.output_tokens
         ttft_s = job.first_token_s - job.arrival_s
@@ -301,12 +292,12 @@ class Replay:
         self.ledger.ended(
             now,
             model_id,
-            billed_micro=billed,
-            credit_micro=credit_micro,
-            tokens=job.input_tokens + output_tokens,
-            failed=False,
-            sla_met=sla_met,
-            ttft_s=ttft_s,
+            billed,
+            credit_micro,
+            job.input_tokens + output_tokens,
+            False,
+            sla_met,
+            ttft_s,
         )
         self.windows.billed(model_id, now, billed)
         means = self.history[tenant_index]
