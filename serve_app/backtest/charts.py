@@ -83,11 +83,12 @@ def cost_per_token_chart(result: BacktestResult, policy: str) -> LineChart:
             points.append(((k + 0.5) * WINDOW_MINUTES / 60, cost / tokens if tokens else None))
         series.append(Series(model, PALETTE[i % len(PALETTE)], tuple(points)))
     return LineChart(
-        title=f"{policy}: GPU cost per 1M tokens by model",
+        title=f"{policy}: GPU cost per 1M tokens by model (log scale)",
         x_label="hours",
         y_label="USD per 1M tokens",
         series=tuple(series),
         bands=_bands(result),
+        log_y=True,
     )
 
 

@@ -48,6 +48,8 @@ class LineChart:
     percent: bool = False
     """Format y ticks as percentages (y is a fraction)."""
     y_clip: tuple[float, float] | None = None
+    log_y: bool = False
+    """A logarithmic y axis (decades); values of 0 or less are gaps."""
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -73,7 +75,7 @@ def format_tick(value: float, percent: bool) -> str:
         return f"{value * 100:.0f}%"
     if abs(value) >= 100 or value == int(value):
         return f"{value:,.0f}"
-    return f"{value:.2f}".rstrip("0").rstrip(".")
+    return f"{value:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class Frame:
     bottom: int
     x_ticks: tuple[float, ...]
     y_ticks: tuple[float, ...]
+    log_y: bool = False
 
     @property
     def x_range(self) -> tuple[float, float]:
@@ -95,7 +98,11 @@ class Frame:
 
     @property
     def y_range(self) -> tuple[float, float]:
-        return self.y_ticks[0], self.y_ticks[-1]
+        """The y axis's ends, in log10 on a logarithmic axis."""
+        return self._scale(self.y_ticks[0]), self._scale(self.y_ticks[-1])
+
+    def _scale(self, y: float) -> float:
+        return math.log10(y) if self.log_y else y
 
     def px(self, x: float) -> float:
         lo, hi = self.x_range
@@ -103,8 +110,9 @@ class Frame:
 
     def py(self, y: float) -> float:
         lo, hi = self.y_range
-        y = min(max(y, lo), hi)
-        return self.bottom - (y - lo) / (hi - lo) * (self.bottom - self.top)
+        v = self._scale(y) if y > 0 or not self.log_y else lo
+        v = min(max(v, lo), hi)
+        return self.bottom - (v - lo) / (hi - lo) * (self.bottom - self.top)
 
 
 def frame(
@@ -118,9 +126,16 @@ def frame(
     if chart.y_clip is not None:
         ys = [min(max(y, chart.y_clip[0]), chart.y_clip[1]) for y in ys]
     x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
-    y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
-    if chart.percent:
-        y_lo = min(y_lo, 0.0)
+    if chart.log_y:
+        positive = [y for y in ys if y > 0] or [1.0]
+        low = math.floor(math.log10(min(positive)))
+        high = max(low + 1, math.ceil(math.log10(max(positive))))
+        y_ticks = [10.0**k for k in range(low, high + 1)]
+    else:
+        y_lo, y_hi = (min(ys), max(ys)) if ys else (0.0, 1.0)
+        if chart.percent:
+            y_lo = min(y_lo, 0.0)
+        y_ticks = nice_ticks(y_lo, y_hi, 6)
     return Frame(
         width=width,
         height=height,
@@ -129,7 +144,8 @@ def frame(
         top=top,
         bottom=height - bottom,
         x_ticks=tuple(nice_ticks(x_lo, x_hi, 8)),
-        y_ticks=tuple(nice_ticks(y_lo, y_hi, 6)),
+        y_ticks=tuple(y_ticks),
+        log_y=chart.log_y,
     )
 
 
@@ -140,7 +156,7 @@ def points_path(
     runs: list[list[tuple[float, float]]] = []
     current: list[tuple[float, float]] = []
     for x, y in points:
-        if y is None:
+        if y is None or (f.log_y and y <= 0):
             if current:
                 runs.append(current)
             current = []
