@@ -37,6 +37,7 @@ from serve_app.ingress.asgi import IngressASGI, Route, headers_of, read_chat_bod
 from serve_app.ingress.call import GenerationBody
 from serve_app.ingress.compose import IngressArgs, IngressParts, compose, ray_platform
 from serve_app.ingress.dashboard import DashboardRoutes
+from serve_app.ingress.openapi_endpoints import endpoint_routes
 from serve_app.ingress.protocol import ChatCompletionRequest
 from serve_app.ingress.protocol_endpoints import CompletionRequest, EmbeddingsRequest
 from serve_app.ingress.request_span import TracedIngressASGI
@@ -89,7 +90,12 @@ class Routes:
     def api(self) -> FastAPI:
         """The FastAPI app of every route but the priced ones, and the API description
         (`openapi.py`: /openapi.json, /docs, /redoc, no key)."""
-        api = openapi.IngressAPI(openapi.priced_routes(CHAT_PATH, QUOTE_PATH))
+        api = openapi.IngressAPI(
+            [
+                *openapi.priced_routes(CHAT_PATH, QUOTE_PATH),
+                *endpoint_routes(COMPLETIONS_PATH, EMBEDDINGS_PATH),
+            ]
+        )
         errors.install_error_handlers(api)
         api.add_api_route("/v1/models", self.models, methods=["GET"], **openapi.MODELS)
         api.add_api_route("/v1/cluster", self.cluster, methods=["GET"], **openapi.CLUSTER)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.ingress.protocol import Choice, ChunkChoice, Usage
+from serve_app.ingress.protocol import Choice, ChunkChoice, FinishReason, Usage
 from serve_app.pricing import Action, Infeasibility, Reason
 
 Usd = Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]{6}$", examples=["0.000185"])]
@@ -102,6 +102,71 @@ class ChatCompletionStreamChunk(_Document):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     rtcts: RtctsVerified | None = None
+
+
+# ------------------------------------------------------- text completions, embeddings
+
+
+class TextCompletionChoice(_Document):
+    index: int
+    """With several prompts, choice `index` answers prompt `index // n`."""
+    text: str
+    logprobs: dict[str, Any] | None
+    """With `logprobs`: OpenAI's `{"tokens", "token_logprobs", "top_logprobs",
+    "text_offset"}`."""
+    finish_reason: FinishReason | None
+
+
+class TextCompletion(_Document):
+    """A non-streamed text completion (`POST /v1/completions`): OpenAI's object, plus
+    `rtcts`."""
+
+    id: str
+    """`cmpl-` and rtcts's request id (also `x-rtcts-request-id`)."""
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextCompletionChoice]
+    usage: Usage
+    rtcts: RtctsVerified
+
+
+class TextCompletionStreamChunk(_Document):
+    """One event of a streamed text completion; the last carries `rtcts` (and `usage`
+    when `stream_options.include_usage` is true) and no choices."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextCompletionChoice]
+    usage: Usage | None = None
+    rtcts: RtctsVerified | None = None
+
+
+class Embedding(_Document):
+    object: Literal["embedding"]
+    index: int
+    """The input's position."""
+    embedding: list[float] | str
+    """The vector: numbers, or (`encoding_format: base64`) base64 of its little-endian
+    float32 values."""
+
+
+class EmbeddingUsage(_Document):
+    prompt_tokens: int
+    """Input tokens read (what is billed)."""
+    total_tokens: int
+
+
+class EmbeddingList(_Document):
+    """The answer of `POST /v1/embeddings`: OpenAI's list, plus `rtcts`."""
+
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+    rtcts: RtctsVerified
 
 
 # ----------------------------------------------------------------------------- quotes

@@ -98,9 +98,10 @@ NO_KEY = "No API key, or an unknown one (`invalid_api_key`)."
 NOT_ADMIN = "A tenant's key: this route needs an admin key (`forbidden`)."
 BAD_BODY = (
     "The body is not a valid request: the message names the field (`param`); "
-    "`unsupported_parameter` for a feature rtcts does not serve (tools, n > 1, "
-    "logprobs, non-text content); `context_length_exceeded` when the prompt does not "
-    "fit the model."
+    "`unsupported_parameter` for a field rtcts does not serve (legacy `functions`, "
+    "audio or file content) or a feature no candidate model serves (the message names "
+    "the model); `rejected_by_model` when the model refuses the request as invalid; "
+    "`context_length_exceeded` when the prompt does not fit the model."
 )
 TOO_LARGE = "The body is over 4 MiB (`payload_too_large`); the connection is closed."
 UNKNOWN_MODEL = "No such model or route alias (`model_not_found`)."
@@ -253,16 +254,21 @@ def _chat_headers() -> dict[str, Any]:
     return headers
 
 
-def _stream_event_schema() -> dict[str, Any]:
+def answer_headers() -> dict[str, Any]:
+    """The headers of a priced answer (`x-rtcts-*`)."""
+    return _chat_headers()
+
+
+def stream_event_schema(chunk_model: str = "ChatCompletionStreamChunk") -> dict[str, Any]:
     """One server-sent event of a streamed answer (`itemSchema`, as FastAPI writes it)."""
-    chunk = {"$ref": REF_TEMPLATE.format(model="ChatCompletionStreamChunk")}
+    chunk = {"$ref": REF_TEMPLATE.format(model=chunk_model)}
     error = {"$ref": REF_TEMPLATE.format(model="ErrorResponse")}
     return {
         "type": "object",
         "required": ["data"],
         "properties": {
             "data": {
-                "description": "A `ChatCompletionStreamChunk` as JSON; the last event is "
+                "description": f"A `{chunk_model}` as JSON; the last event is "
                 "the literal `[DONE]`. A failure after the stream began is sent as an "
                 "`ErrorResponse` event (nothing is billed) and ends the stream.",
                 "anyOf": [
@@ -303,7 +309,7 @@ def priced_routes(chat_path: str, quote_path: str) -> list[APIRoute]:
         responses={
             200: {
                 "headers": _chat_headers(),
-                "content": {"text/event-stream": {"itemSchema": _stream_event_schema()}},
+                "content": {"text/event-stream": {"itemSchema": stream_event_schema()}},
             },
             **error_answers(
                 s400=BAD_BODY,
@@ -407,9 +413,13 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    # The stream's chunk is named only inside a stream event's `contentSchema`.
+    # The streams' chunks are named only inside a stream event's `contentSchema`.
     _, chunk = models_json_schema(
-        [(dm.ChatCompletionStreamChunk, "validation")], ref_template=REF_TEMPLATE
+        [
+            (dm.ChatCompletionStreamChunk, "validation"),
+            (dm.TextCompletionStreamChunk, "validation"),
+        ],
+        ref_template=REF_TEMPLATE,
     )
     for name, schema in chunk["$defs"].items():
         schemas.setdefault(name, schema)

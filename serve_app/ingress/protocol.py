@@ -139,7 +139,10 @@ class ChatCompletionMessage(Incoming):
                 },
                 {  # a tool's message answers a call: it names it
                     "if": {"properties": {"role": {"const": "tool"}}},
-                    "then": {"required": ["tool_call_id"]},
+                    "then": {
+                        "required": ["tool_call_id"],
+                        "properties": {"tool_call_id": {"type": "string"}},
+                    },
                 },
             ]
         }

@@ -33,13 +33,19 @@ class Usage(_Outgoing):
         )
 
 
-class ToolCallFunction(_Outgoing):
+class _AsEngineWrote(BaseModel):
+    """A tool call as the engine wrote it: OpenAI's fields, and any an engine adds."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+
+class ToolCallFunction(_AsEngineWrote):
     name: str
     arguments: str
     """The arguments as JSON text (as the model wrote them: check before use)."""
 
 
-class ToolCall(_Outgoing):
+class ToolCall(_AsEngineWrote):
     id: str
     type: Literal["function"] = "function"
     function: ToolCallFunction
@@ -73,12 +79,12 @@ class ChatCompletionResponse(_Outgoing):
     """rtcts extension: the price and the decision behind it."""
 
 
-class ToolCallDeltaFunction(_Outgoing):
+class ToolCallDeltaFunction(_AsEngineWrote):
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(_Outgoing):
+class ToolCallDelta(_AsEngineWrote):
     """A piece of a tool call: the first has its id, type and name, the next ones
     append to its arguments."""
 

@@ -47,6 +47,8 @@ from tests.ingress_app import ADMIN_KEY, TENANT_KEY, ingress_app, ingress_parts
 
 ROUTES = {
     ("post", "/v1/chat/completions"),
+    ("post", "/v1/completions"),
+    ("post", "/v1/embeddings"),
     ("post", "/v1/quote"),
     ("get", "/v1/models"),
     ("get", "/v1/cluster"),
@@ -57,6 +59,9 @@ ROUTES = {
     ("get", "/v1/admin/dashboard"),
     ("get", "/healthz"),
 }
+COMPLETION = {"model": "auto", "prompt": ["Once upon", "a time"], "max_tokens": 8, "n": 2}
+EMBEDDING = {"model": "bge-m3", "input": ["GPUs are fast."], "encoding_format": "float"}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 DOCUMENT_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 TENANT = {"Authorization": f"Bearer {TENANT_KEY}"}
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -178,7 +183,8 @@ def test_every_served_route_is_documented_and_nothing_else(
     client: TestClient, document: dict[str, Any]
 ) -> None:
     app: Any = client.app
-    priced = {"/v1/chat/completions", "/v1/quote"}  # documented by declaration-only routes
+    # documented by declaration-only routes
+    priced = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/quote"}
     served = {
         (method.lower(), route.path)
         for route in app.routes
@@ -234,6 +240,17 @@ ANSWERS = [
     ("get", "/healthz", None, {}, None, 200),
     ("post", "/v1/chat/completions", None, {}, CHAT, 401),
     ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "n": 0}, 400),
+    ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "tools": [TOOL], "n": 2}, 200),
+    ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "logprobs": True}, 200),
+    ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "model": "bge-m3"}, 400),
+    ("post", "/v1/completions", None, TENANT, COMPLETION, 200),
+    ("post", "/v1/completions", None, TENANT, {**COMPLETION, "echo": True}, 400),
+    ("post", "/v1/completions", None, {}, COMPLETION, 401),
+    ("post", "/v1/embeddings", None, TENANT, EMBEDDING, 200),
+    ("post", "/v1/embeddings", None, TENANT, {**EMBEDDING, "encoding_format": "base64"}, 200),
+    ("post", "/v1/embeddings", None, TENANT, {**EMBEDDING, "model": "auto"}, 400),
+    ("post", "/v1/embeddings", None, TENANT, {**EMBEDDING, "model": "nope"}, 404),
+    ("post", "/v1/embeddings", None, {}, EMBEDDING, 401),
     ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "model": "gpt-9"}, 404),
     ("post", "/v1/chat/completions", None, TENANT, {**CHAT, "max_price_usd": 0}, 402),
     ("post", "/v1/quote", None, {}, CHAT, 401),
@@ -293,6 +310,60 @@ def test_a_streamed_answer_is_the_documented_events(document: dict[str, Any]) ->
         if data != "[DONE]":
             check(document, chunk, json.loads(data))
     assert "rtcts" in json.loads(payloads[-2])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "chunk_model", "handle"),
+    [
+        ("/v1/completions", {**COMPLETION, "n": 1}, "TextCompletionStreamChunk", None),
+        (
+            "/v1/chat/completions",
+            {**CHAT, "tools": [TOOL], "n": 2, "logprobs": True},
+            "ChatCompletionStreamChunk",
+            FakeHandle(
+                deltas=(
+                    Delta(
+                        "",
+                        tool_calls=(
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": ""},
+                            },
+                        ),
+                    ),
+                    Delta("Hi", index=1, logprobs={"content": []}),
+                    Delta("", finish_reason="tool_calls"),
+                    Delta("", index=1, finish_reason="stop", input_tokens=9, output_tokens=3),
+                )
+            ),
+        ),
+    ],
+)
+def test_other_streams_are_the_documented_events(
+    document: dict[str, Any],
+    path: str,
+    body: dict[str, Any],
+    chunk_model: str,
+    handle: FakeHandle | None,
+) -> None:
+    schema = documented(document, "post", path, 200, "text/event-stream")
+    for client in _client(handle):
+        response = client.post(
+            path,
+            headers=TENANT,
+            json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        )
+        assert response.status_code == 200, response.text
+        payloads = events(response.text)
+    assert payloads[-1] == "[DONE]"
+    chunk = {"$ref": f"#/components/schemas/{chunk_model}"}
+    for data in payloads:
+        check(document, schema, {"data": data})
+        if data != "[DONE]":
+            check(document, chunk, json.loads(data))
+    assert "usage" in json.loads(payloads[-2])
 
 
 def test_a_stream_that_fails_ends_with_a_documented_error_event(document: dict[str, Any]) -> None:
