@@ -240,10 +240,9 @@ def _reconcile(args: argparse.Namespace) -> int:
     """Reads REDIS_URL and STRIPE_API_KEY / STRIPE_API_BASE (Settings)."""
     import asyncio
 
-    import redis.asyncio as aioredis
-
     from serve_app.metering.aggregator import stripe_sink_for
     from serve_app.metering.view import BillingView
+    from serve_app.redis_client import redis_client
 
     settings = Settings.from_env()
     if settings.redis_url is None:
@@ -254,7 +253,7 @@ def _reconcile(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> DriftReport:
-        client = aioredis.Redis.from_url(settings.redis_url or "")
+        client = redis_client(settings.redis_url or "")
         sink = stripe_sink_for(settings.stripe_api_base, settings.stripe_api_key)
         try:
             view = BillingView(client, args.shards, window_s=60, grace_s=10)

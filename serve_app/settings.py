@@ -62,7 +62,9 @@ class Settings(BaseModel):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis to use; unset starts an embedded redis-server (env REDIS_URL).",
+        description="Redis to use: redis://host:port, or a Redis Cluster as "
+        "redis+cluster://host:port[,host:port...] (serve_app/redis_client.py); unset starts "
+        "an embedded redis-server (env REDIS_URL).",
     )
     stripe_api_key: str | None = Field(
         default=None,

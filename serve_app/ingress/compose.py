@@ -44,6 +44,7 @@ from serve_app.metering.stripe_sink import StripeSink
 from serve_app.metering.view import BillingView
 from serve_app.policy import LoadedPolicy, load_policy_dict
 from serve_app.pricing import ClusterSnapshot
+from serve_app.redis_client import redis_client
 from serve_app.telemetry import Metrics, tracing
 
 logger = logging.getLogger("rtcts.ingress")
@@ -219,20 +220,16 @@ def compose(
     writer: MeterStreamWriter | None = None
     sink: MeterSink = MemorySink()
     if args.redis_url is not None:
-        import redis.asyncio as aioredis
-
         redis_url = args.redis_url.get_secret_value()
         # A blocking pool: under a burst, requests wait for a free connection (within
         # the gate's time bound) instead of failing with "too many connections", which
-        # would look like an outage.
-        pool = aioredis.BlockingConnectionPool.from_url(
+        # would look like an outage. A Redis Cluster URL gets a cluster client.
+        client = redis_client(
             redis_url,
+            timeout_s=args.redis_timeout_s,
             max_connections=REDIS_CONNECTIONS,
-            timeout=None,
-            socket_timeout=args.redis_timeout_s,
-            socket_connect_timeout=args.redis_timeout_s,
+            blocking=True,
         )
-        client = aioredis.Redis(connection_pool=pool)
         # Reservations outlive the longest generation the policy allows.
         store = RedisAdmission(client, reservation_ttl_s=reservation_ttl_s(loaded.policy))
         admission = (TracedGate if traced else AdmissionGate)(store, timeout_s=args.redis_timeout_s)

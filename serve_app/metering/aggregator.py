@@ -283,9 +283,9 @@ class MeterAggregator:
                 time.sleep(1.0)
 
     async def _run(self) -> None:
-        import redis.asyncio as aioredis
+        from serve_app.redis_client import redis_client
 
-        client = aioredis.Redis.from_url(self._config.redis_url, socket_timeout=5)
+        client = redis_client(self._config.redis_url, timeout_s=5)
         config = self._config
         ledger = MeterLedger(
             client,

@@ -169,12 +169,11 @@ class MeterStreamWriter:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         **options: Any,
     ) -> MeterStreamWriter:
-        """A writer with its own client (closed by `stop()`) and a spool in `spool_dir`."""
-        import redis.asyncio as aioredis
+        """A writer with its own client (closed by `stop()`) and a spool in `spool_dir`;
+        `url` names a Redis or a Redis Cluster (`serve_app/redis_client.py`)."""
+        from serve_app.redis_client import redis_client
 
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        client = redis_client(url, timeout_s=timeout_s)
         return cls(client, MeterSpool(spool_dir), timeout_s=timeout_s, owns_client=True, **options)
 
     # -- counters -----------------------------------------------------------------

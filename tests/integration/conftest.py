@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from serve_app.local.child import free_port
+from tests.cluster_redis import RedisClusterServers
 
 POLICY = Path(__file__).with_name("policy.yaml")
 APP_NAME = "rtcts-it"
@@ -58,6 +59,15 @@ def ray_serve() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A local Redis Cluster (3 masters, 3 replicas: `tests/cluster_redis.py`), started
+    on first use; `.url` is its `redis+cluster://` URL. A test that changes its topology
+    leaves it healthy again (`wait_healthy`)."""
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """Admission against a real Redis server (no Ray): exact limits under concurrency, a
-sliding window, token and budget reserve-then-settle, expiry, outages."""
+sliding window, token and budget reserve-then-settle, expiry, outages. The exactness
+tests run twice: on one Redis and on a Redis Cluster (3 masters, 3 replicas), where
+each tenant's keys share one slot (`{tenant}`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,6 +26,7 @@ from serve_app.admission import (
     Ticket,
 )
 from serve_app.local.redis_server import EmbeddedRedis, free_port
+from serve_app.redis_client import redis_client
 from tests.factories import blackhole_port
 from tests.fakes import FakeClock
 
@@ -41,8 +45,16 @@ def _ticket(tenant: str, tokens: int = 10, amount: int = 100, reserve: bool = Tr
     return Ticket(tenant, uuid.uuid4().hex, tokens, amount, reserve)
 
 
-def _client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, socket_timeout=2)
+@pytest.fixture(params=["redis", "cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The session's Redis, or the session's Redis Cluster (`redis+cluster://`)."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return redis_url
+
+
+def _client(url: str) -> Any:
+    return redis_client(url, timeout_s=2)
 
 
 def test_concurrent_requests_over_two_clients_admit_exactly_the_limit(redis_url: str) -> None:
