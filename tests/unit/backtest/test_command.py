@@ -37,7 +37,16 @@ def test_the_default_policy_is_the_working_directorys_else_the_packaged_one(
     assert resolve_policy(Path("x.yaml"), ROOT) == Path("x.yaml")
 
 
-def test_the_default_trace_is_looked_for_next_to_the_project(tmp_path: Path) -> None:
+def test_the_default_trace_ships_with_rtcts_and_shared_data_is_the_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serve_app.backtest import runner
+
+    packaged = find_trace(tmp_path, source_root=tmp_path)
+    assert packaged == runner.PACKAGED_TRACE
+    assert packaged.is_file()
+    assert (packaged.parent / "LICENSE.md").is_file()  # CC BY 4.0 attribution
+    monkeypatch.setattr(runner, "PACKAGED_TRACE", tmp_path / "absent.csv")
     assert find_trace(tmp_path, source_root=tmp_path) is None
     with pytest.raises(BacktestError, match="--trace PATH"):
         resolve_trace(None, tmp_path, source_root=tmp_path)

@@ -41,8 +41,10 @@ def test_the_three_policies_run_and_account_for_every_request(trace_csv: Path) -
         assert s.served == sum(
             s.actions[a] for a in ("allow", "reroute", "surcharge", "accept_below_floor")
         )
-        assert s.revenue_micro > 0
-        assert s.gpu_cost_micro > 0
+        assert s.gpu_cost_micro > 0  # replicas are paid, whatever is served
+        # allocated may serve nothing here: on an idle replica every request's allocated
+        # share is over its price (issue #12's first complaint), and nothing fills a batch
+        assert s.revenue_micro > 0 or name == "allocated"
     static = result.summaries["static"]
     assert static.throttled == 0
     assert static.actions["surcharge"] == 0
