@@ -25,8 +25,7 @@ billing never reads them (it has its own exact path: the meter stream).
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 BUCKET_S = 10
@@ -117,7 +116,10 @@ def _text(value: Any) -> str:
 
 
 class Tally:
-    """This replica's pending counts, flushed to a store; the window read back."""
+    """This replica's pending counts, flushed to a store; the window read back.
+
+    On the request path a count is one dict update under a tuple key (no string is
+    built); the store's fields are spelled out at the flush."""
 
     def __init__(
         self,
@@ -131,39 +133,53 @@ class Tally:
         self._clock = clock
         self.bucket_s = bucket_s
         self.window_s = window_s
-        self._pending: defaultdict[int, defaultdict[str, int]] = defaultdict(
-            lambda: defaultdict(int)
-        )
+        self._decisions: dict[tuple[int, str, str], int] = {}
+        """(bucket number, plan, action) -> decisions."""
+        self._bills: dict[tuple[int, str, str], list[int]] = {}
+        """(bucket number, plan, model) -> [requests, billed micro-USD, credited]."""
+        self._unsent: Buckets = {}
+        """Counts of a flush that failed, retried with the next one."""
 
     def decision(self, plan: str, action: str) -> None:
-        self._pending[bucket_of(self._clock(), self.bucket_s)][plan_field(plan, action)] += 1
+        key = (int(self._clock() // self.bucket_s), plan, action)
+        self._decisions[key] = self._decisions.get(key, 0) + 1
 
     def billed(self, plan: str, model: str, billed_micro: int, credit_micro: int) -> None:
-        fields = self._pending[bucket_of(self._clock(), self.bucket_s)]
-        fields[plan_field(plan, "requests")] += 1
-        fields[plan_field(plan, "billed")] += billed_micro
-        fields[plan_field(plan, "credit")] += credit_micro
-        fields[model_field(model, "revenue")] += billed_micro
+        key = (int(self._clock() // self.bucket_s), plan, model)
+        sums = self._bills.get(key)
+        if sums is None:
+            self._bills[key] = [1, billed_micro, credit_micro]
+        else:
+            sums[0] += 1
+            sums[1] += billed_micro
+            sums[2] += credit_micro
 
     async def flush(self) -> None:
-        """Add the pending counts to the store; on failure they stay pending (raised)."""
-        if not self._pending:
+        """Add the pending counts to the store; on failure they wait for the next flush
+        (raised), except the buckets that left the window meanwhile."""
+        decisions, self._decisions = self._decisions, {}
+        bills, self._bills = self._bills, {}
+        counts, self._unsent = self._unsent, {}
+
+        def add(number: int, field: str, value: int) -> None:
+            fields = counts.setdefault(number * self.bucket_s, {})
+            fields[field] = fields.get(field, 0) + value
+
+        for (number, plan, action), count in decisions.items():
+            add(number, plan_field(plan, action), count)
+        for (number, plan, model), (requests, billed, credited) in bills.items():
+            add(number, plan_field(plan, "requests"), requests)
+            add(number, plan_field(plan, "billed"), billed)
+            add(number, plan_field(plan, "credit"), credited)
+            add(number, model_field(model, "revenue"), billed)
+        if not counts:
             return
-        counts = {start: dict(fields) for start, fields in self._pending.items()}
-        self._pending = defaultdict(lambda: defaultdict(int))
         try:
             await self.store.add(counts)
         except BaseException:
-            self._restore(counts)
+            oldest = bucket_of(self._clock(), self.bucket_s) - self.window_s
+            self._unsent = {start: f for start, f in counts.items() if start >= oldest}
             raise
-
-    def _restore(self, counts: Mapping[int, Mapping[str, int]]) -> None:
-        oldest = bucket_of(self._clock(), self.bucket_s) - self.window_s
-        for start, fields in counts.items():
-            if start < oldest:
-                continue  # past the window: no dashboard reads it any more
-            for name, value in fields.items():
-                self._pending[start][name] += value
 
     def starts(self) -> list[int]:
         """The buckets of the window, oldest first; the last one is the current one."""
