@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from serve_app.cluster.reports import ReplicaReport
-from serve_app.models.backend import LoadReport
+from serve_app.models.backend import LoadReport, RequestRejected
 from serve_app.models.stats import (
     ServiceStats,
     running_service_estimate,
@@ -101,13 +101,16 @@ class ReplicaReporter:
         """Count one request while it runs, and record how it ended.
 
         A cancel (the client left) is no failure of the model: not recorded, so a tenant
-        who hangs up cannot raise the failure rate everyone's cost carries."""
+        who hangs up cannot raise the failure rate everyone's cost carries; neither is
+        a request the engine refused as invalid (`RequestRejected`, the client's)."""
         started = self._clock()
         self._running[request_id] = started
         outcome: bool | None = None
         try:
             yield
             outcome = True
+        except RequestRejected:
+            raise
         except Exception:
             outcome = False
             raise

@@ -6,11 +6,14 @@ start-up, request ids, stream batching, health checks, routing stats) runs on CP
 the same timing model as the `simulated` backend (`SimulatedLLM`: cold start, slots and
 queue, prefill, continuous batching, failure injection).
 
-It speaks chat the way Ray's vLLM engine does: a streamed request yields SSE `data:`
-strings (a usage chunk last when `stream_options.include_usage`, then `[DONE]`), a
-whole one yields one `ChatCompletionResponse`; an error before the first token yields
-one `ErrorResponse` (503 when the model cannot take requests, 500 on a failure), an
-error after it an error chunk. The other endpoints answer 501.
+It speaks chat and text completions the way Ray's vLLM engine does: a streamed request
+yields SSE `data:` strings (a usage chunk last when `stream_options.include_usage`, then
+`[DONE]`), a whole one yields one `ChatCompletionResponse` / `CompletionResponse`; an
+error before the first token yields one `ErrorResponse` (503 when the model cannot take
+requests, 400 when the simulation refuses the request itself, 500 on a failure), an
+error after it an error chunk. Every feature the simulated model serves (tools, `n`
+choices, logprobs, JSON response formats, stop: `simulated_output.py`) comes through;
+embeddings yield one `EmbeddingResponse`. Transcriptions answer 501.
 
 Live state, the engine's own figures (`load()`): slots held and queue from the
 simulation, and KV cache usage as the tokens held by the requests past their prefill
@@ -34,10 +37,14 @@ from serve_app.models.backend import (
     Delta,
     GenerationRequest,
     LoadReport,
+    RequestRejected,
 )
+from serve_app.models.deltas import ChoiceCollector
 from serve_app.models.ray_llm.protocol import openai_models
 from serve_app.models.ray_llm.wire import (
     DONE,
+    embedding_request,
+    embedding_response_fields,
     error_fields,
     generation_request,
     stream_chunk,
@@ -45,7 +52,7 @@ from serve_app.models.ray_llm.wire import (
     whole_fields,
 )
 from serve_app.models.simulated import DEFAULT_NATURAL_OUTPUT_TOKENS, SimulatedLLM
-from serve_app.models.tokens import count_chat_tokens
+from serve_app.models.tokens import count_chat_tokens, count_prompt_tokens
 from serve_app.policy.schema import ModelSpec
 from serve_app.pricing.book import ModelProfile
 
@@ -98,22 +105,28 @@ class SimulatedEngine(LLMEngine):
             extra={**base.extra, "kv_tokens": float(held)},
         )
 
-    # -- chat ----------------------------------------------------------------------------
+    # -- chat and text completions ---------------------------------------------------------
 
     async def chat(  # type: ignore[override]  # Ray declares async generators as coroutines
         self, request: Any, raw_request_info: Any = None
     ) -> AsyncGenerator[Any, None]:
+        async for answer in self._generate(request, completion=False):
+            yield answer
+
+    async def completions(  # type: ignore[override]  # Ray declares async generators as coroutines
+        self, request: Any, raw_request_info: Any = None
+    ) -> AsyncGenerator[Any, None]:
+        async for answer in self._generate(request, completion=True):
+            yield answer
+
+    async def _generate(self, request: Any, *, completion: bool) -> AsyncGenerator[Any, None]:
         models = openai_models()
-        try:
-            generation = generation_request(
-                request, default_max_tokens=self._llm.profile.max_output_tokens
-            )
-        except ValueError as exc:
-            yield models.ErrorResponse.model_validate(error_fields(str(exc), 400))
-            return
+        generation = generation_request(
+            request, default_max_tokens=self._llm.profile.max_output_tokens
+        )
         chunk_id = str(request.request_id)
         if not getattr(request, "stream", False):
-            yield await self._whole(models, generation, chunk_id)
+            yield await self._whole(models, generation, chunk_id, completion)
             return
         options = getattr(request, "stream_options", None)
         include_usage = bool(
@@ -126,41 +139,62 @@ class SimulatedEngine(LLMEngine):
         try:
             async for delta in self._deltas(generation):
                 started = True
-                if delta.finish_reason is not None:
-                    usage = usage_fields(delta.input_tokens or 0, delta.output_tokens or 0)
+                if delta.output_tokens is not None:
+                    usage = usage_fields(delta.input_tokens or 0, delta.output_tokens)
                 yield stream_chunk(
-                    chunk_id, self._model, text=delta.text, finish_reason=delta.finish_reason
+                    chunk_id,
+                    self._model,
+                    text=delta.text,
+                    finish_reason=delta.finish_reason,
+                    index=delta.index,
+                    tool_calls=delta.tool_calls,
+                    logprobs=delta.logprobs,
+                    completion=completion,
                 )
         except BackendError as exc:
-            body = error_fields(str(exc), _code(exc))
+            body = _error(exc)
             if not started:
                 yield models.ErrorResponse.model_validate(body)
             else:
                 yield f"data: {json.dumps(body)}\n\n"
             return
         if include_usage and usage is not None:
-            yield stream_chunk(chunk_id, self._model, usage=usage)
+            yield stream_chunk(chunk_id, self._model, usage=usage, completion=completion)
         yield DONE
 
-    async def _whole(self, models: Any, generation: GenerationRequest, chunk_id: str) -> Any:
-        texts: list[str] = []
+    async def _whole(
+        self, models: Any, generation: GenerationRequest, chunk_id: str, completion: bool
+    ) -> Any:
+        choices: dict[int, ChoiceCollector] = {}
         last: Delta | None = None
         try:
             async for delta in self._deltas(generation):
-                texts.append(delta.text)
+                choices.setdefault(delta.index, ChoiceCollector()).add(delta)
                 last = delta
         except BackendError as exc:
-            return models.ErrorResponse.model_validate(error_fields(str(exc), _code(exc)))
-        assert last is not None  # SimulatedLLM's promise: a last delta with the finish
-        assert last.finish_reason is not None
+            return models.ErrorResponse.model_validate(_error(exc))
+        assert last is not None  # SimulatedLLM's promise: a last delta with the usage
+        outputs = tuple(choices[i].output(i) for i in sorted(choices))
         usage = usage_fields(last.input_tokens or 0, last.output_tokens or 0)
-        fields = whole_fields(chunk_id, self._model, "".join(texts), last.finish_reason, usage)
-        return models.ChatCompletionResponse.model_validate(fields)
+        fields = whole_fields(
+            chunk_id,
+            self._model,
+            outputs[0].text,
+            outputs[0].finish_reason,
+            usage,
+            choices=outputs,
+            completion=completion,
+        )
+        kind = models.CompletionResponse if completion else models.ChatCompletionResponse
+        return kind.model_validate(fields)
 
     async def _deltas(self, generation: GenerationRequest) -> AsyncGenerator[Delta, None]:
         """The simulation's deltas, counting the request's tokens in the KV cache."""
         key = generation.request_id
-        prompt = count_chat_tokens(generation.messages)
+        if generation.prompt is not None:
+            prompt = count_prompt_tokens(generation.prompt)
+        else:
+            prompt = count_chat_tokens(generation.messages, generation.tools)
         produced = 0
         try:
             async with contextlib.aclosing(self._llm.stream(generation)) as deltas:
@@ -171,17 +205,19 @@ class SimulatedEngine(LLMEngine):
         finally:
             self._kv_held.pop(key, None)
 
-    # -- endpoints the simulation does not serve -------------------------------------------
-
-    async def completions(  # type: ignore[override]  # Ray declares async generators as coroutines
-        self, request: Any, raw_request_info: Any = None
-    ) -> AsyncGenerator[Any, None]:
-        yield _not_served("completions")
+    # -- embeddings and what the simulation does not serve ---------------------------------
 
     async def embeddings(  # type: ignore[override]  # Ray declares async generators as coroutines
         self, request: Any, raw_request_info: Any = None
     ) -> AsyncGenerator[Any, None]:
-        yield _not_served("embeddings")
+        models = openai_models()
+        try:
+            done = await self._llm.embed(embedding_request(request))
+        except BackendError as exc:
+            yield models.ErrorResponse.model_validate(_error(exc))
+            return
+        fields = embedding_response_fields(str(request.request_id), self._model, done)
+        yield models.EmbeddingResponse.model_validate(fields)
 
     async def transcriptions(  # type: ignore[override]  # Ray declares async generators as coroutines
         self, request: Any, raw_request_info: Any = None
@@ -189,7 +225,15 @@ class SimulatedEngine(LLMEngine):
         yield _not_served("transcriptions")
 
 
+def _error(error: BackendError) -> dict[str, Any]:
+    param = error.param if isinstance(error, RequestRejected) else None
+    message = error.detail if isinstance(error, RequestRejected) else str(error)
+    return error_fields(message, _code(error), param)
+
+
 def _code(error: BackendError) -> int:
+    if isinstance(error, RequestRejected):
+        return 400
     return 503 if isinstance(error, BackendUnavailable) else 500
 
 

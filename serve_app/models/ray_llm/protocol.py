@@ -10,9 +10,9 @@ the small pydantic models below, before anything imports `LLMServer`.
 
 It does so only when neither vLLM nor SGLang can be found: with vLLM installed (a GPU
 node, `pip install 'ray[llm]'`) nothing is supplied and Ray uses vLLM's own models. The
-stand-in modules carry `__rtcts_stand_in__ = True`. They hold what the chat path reads
-and writes (the simulated engine speaks only chat); the other endpoints' models accept
-any fields and are never served by rtcts.
+stand-in modules carry `__rtcts_stand_in__ = True`. They hold what rtcts's three
+paths read and write (chat, text completions, embeddings: every field rtcts forwards);
+the other endpoints' models accept any fields and are never served by rtcts.
 
 Ray's usage telemetry reads the model's vLLM engine config when an engine starts; it
 cannot without vLLM, and logs the failure with a traceback on every replica start. With
@@ -67,12 +67,25 @@ class ChatCompletionRequest(_Wire):
     top_p: float | None = Field(default=None, description="Nucleus sampling mass.")
     stop: str | list[str] | None = Field(default=None, description="Stop sequences.")
     seed: int | None = Field(default=None, description="Sampling seed.")
-    n: int = Field(default=1, ge=1, le=1, description="Choices per request (one).")
+    n: int = Field(default=1, ge=1, description="Choices per request.")
     stream: bool = Field(default=False, description="Answer as server-sent events.")
     stream_options: dict[str, Any] | None = Field(
         default=None, description="`include_usage`: a last chunk with the token usage."
     )
     user: str | None = Field(default=None, description="End-user id, for the engine's logs.")
+    tools: list[dict[str, Any]] | None = Field(default=None, description="Function tools.")
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None, description="none, auto, required, or a named function."
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="Several calls at once.")
+    logprobs: bool | None = Field(default=None, description="Each token's log probability.")
+    top_logprobs: int | None = Field(default=None, ge=0, description="Alternatives per token.")
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="text, json_object or json_schema."
+    )
+    presence_penalty: float | None = Field(default=None, description="Presence penalty.")
+    frequency_penalty: float | None = Field(default=None, description="Frequency penalty.")
+    logit_bias: dict[str, float] | None = Field(default=None, description="Token id to bias.")
     request_id: str = Field(
         default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}",
         description="Id of the request through the engine (LLMServer stamps Serve's).",
@@ -107,8 +120,30 @@ class _Unserved(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class CompletionRequest(_Unserved):
-    pass
+class CompletionRequest(_Wire):
+    """An OpenAI (legacy) text completion request (the fields rtcts sends)."""
+
+    model: str | None = Field(default=None, description="Served model id.")
+    prompt: str | list[str] = Field(description="A prompt, or several.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Most output tokens.")
+    temperature: float | None = Field(default=None, description="Sampling temperature.")
+    top_p: float | None = Field(default=None, description="Nucleus sampling mass.")
+    stop: str | list[str] | None = Field(default=None, description="Stop sequences.")
+    seed: int | None = Field(default=None, description="Sampling seed.")
+    n: int = Field(default=1, ge=1, description="Choices per prompt.")
+    logprobs: int | None = Field(default=None, ge=0, description="Alternatives per token.")
+    stream: bool = Field(default=False, description="Answer as server-sent events.")
+    stream_options: dict[str, Any] | None = Field(
+        default=None, description="`include_usage`: a last chunk with the token usage."
+    )
+    presence_penalty: float | None = Field(default=None, description="Presence penalty.")
+    frequency_penalty: float | None = Field(default=None, description="Frequency penalty.")
+    logit_bias: dict[str, float] | None = Field(default=None, description="Token id to bias.")
+    user: str | None = Field(default=None, description="End-user id, for the engine's logs.")
+    request_id: str = Field(
+        default_factory=lambda: f"cmpl-{uuid.uuid4().hex}",
+        description="Id of the request through the engine (LLMServer stamps Serve's).",
+    )
 
 
 class CompletionResponse(_Unserved):
@@ -119,8 +154,20 @@ class CompletionStreamResponse(_Unserved):
     pass
 
 
-class EmbeddingRequest(_Unserved):
-    pass
+class EmbeddingRequest(_Wire):
+    """An OpenAI embedding request (the fields rtcts sends)."""
+
+    model: str | None = Field(default=None, description="Served model id.")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="A text, several, or token ids."
+    )
+    encoding_format: str | None = Field(default=None, description="float (rtcts asks floats).")
+    dimensions: int | None = Field(default=None, ge=1, description="Length of each vector.")
+    user: str | None = Field(default=None, description="End-user id, for the engine's logs.")
+    request_id: str = Field(
+        default_factory=lambda: f"embd-{uuid.uuid4().hex}",
+        description="Id of the request through the engine (LLMServer stamps Serve's).",
+    )
 
 
 class EmbeddingResponse(_Unserved):

@@ -6,9 +6,11 @@ itself (request id, LoRA resolution, stream batching), then the engine. rtcts ad
 what its ingress needs from every model deployment (docs/decisions.md, "Ray Serve LLM"):
 
 - `generate` / `stream` take a `GenerationRequest` and return a `Completion` / yield
-  `Delta`s. Both send `LLMServer.chat` a streamed chat request with the usage in the
-  last chunk, so the first token's time is measured on any engine and the tokens
-  billed are the engine's own count.
+  `Delta`s. Both send `LLMServer.chat` (`.completions` for a text completion) a
+  streamed request with the usage in the last chunk, so the first token's time is
+  measured on any engine and the tokens billed are the engine's own count. Every OpenAI
+  field the request carries (tools, `n`, logprobs, response format, ...) goes with it.
+- `embed` takes an `EmbeddingRequest` through `LLMServer.embeddings`.
 - Load reports to the registry every 100 ms from the constructor's first line
   (`ReplicaReporter`), with the engine's own figures where it has them
   (`engine_load.py`): the ingress sees the replica starting, then its batch, queue and
@@ -28,8 +30,15 @@ from typing import Any
 from ray import serve
 
 from serve_app.cluster.registry import get_or_create_registry
-from serve_app.models.backend import Completion, Delta, GenerationRequest, LoadReport
-from serve_app.models.ray_llm.chat import chat_deltas, collect
+from serve_app.models.backend import (
+    Completion,
+    Delta,
+    EmbeddingRequest,
+    Embeddings,
+    GenerationRequest,
+    LoadReport,
+)
+from serve_app.models.ray_llm.chat import Chat, chat_deltas, collect, embed_through
 from serve_app.models.ray_llm.engine import simulated_engine
 from serve_app.models.ray_llm.engine_load import EngineLoad, InProcessMetrics
 from serve_app.models.ray_llm.protocol import serve_llm
@@ -96,14 +105,23 @@ class RayLLMServer(LLMServer):  # type: ignore[misc]  # Ray's class is untyped h
 
     async def generate(self, request: GenerationRequest) -> Completion:
         with self._reporter.serving(request.request_id):
-            return await collect(chat_deltas(self.chat, request, self._served_model))
+            return await collect(chat_deltas(self._entry(request), request, self._served_model))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         with self._reporter.serving(request.request_id):
-            deltas = chat_deltas(self.chat, request, self._served_model)
+            deltas = chat_deltas(self._entry(request), request, self._served_model)
             async with contextlib.aclosing(deltas) as stream:
                 async for delta in stream:
                     yield delta
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        with self._reporter.serving(request.request_id):
+            return await embed_through(self.embeddings, request, self._served_model)
+
+    def _entry(self, request: GenerationRequest) -> Chat:
+        """`LLMServer.chat`, or `.completions` for a text completion."""
+        entry: Chat = self.chat if request.prompt is None else self.completions
+        return entry
 
     # -- health and load -----------------------------------------------------------------
 
