@@ -164,6 +164,14 @@ def test_ctrl_c_under_load_during_a_scale_up_stops_within_15_s(tmp_path: Path) -
             return busy and bool(models[scaled]["starting_replicas"])
 
         wait_until(loaded_and_scaling, timeout_s=60, every_s=0.2)
+
+        def priced_start_s() -> float:
+            """The starting replica's cold start left, as the pricing sees it."""
+            models = httpx.get(f"{run.url}/v1/cluster", headers=PRO, timeout=5).json()["models"]
+            return max((r["start_remaining_s"] for r in models[scaled]["replicas"]), default=0)
+
+        # The simulated start takes 30 s; the pricing counts down the policy's 600 s.
+        assert wait_until(lambda: priced_start_s() > 100, timeout_s=30, every_s=0.2)
         took = run.interrupt_group()
         load.join(timeout=90)
         assert_stopped_in_time(run, took)
