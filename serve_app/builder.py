@@ -9,6 +9,10 @@ concurrent sequences (a full batch plus an equal queue on the replica, which the
 replica reports; beyond that requests wait at the caller's handle, which the
 ingress counts).
 
+A model's `ray_resources` (custom Ray resources, e.g. `{gpu_l4: 1}`) go into its
+replicas' `ray_actor_options` (Ray Serve LLM's vLLM replicas: their first placement
+group bundle), so its replicas run only on the nodes that declare them.
+
 Serve's per-request access log lines are off for every deployment of the app unless
 `access_log` (or the RTCTS_ACCESS_LOG setting) turns them on: `deployment_logging_options`.
 """
@@ -152,9 +156,17 @@ def model_deployment_options(
             "upscale_delay_s": 0.5,
             **idle,
         },
-        "ray_actor_options": {"num_cpus": 0},
+        "ray_actor_options": ray_actor_options(spec),
         "health_check_period_s": 2.0,
     }
+
+
+def ray_actor_options(spec: ModelSpec) -> dict[str, Any]:
+    """A model replica's Ray resources: no CPU, and the policy's `ray_resources` (custom
+    resources that pin it to the nodes declaring them, e.g. a GPU type's nodes)."""
+    if not spec.ray_resources:
+        return {"num_cpus": 0}
+    return {"num_cpus": 0, "resources": dict(spec.ray_resources)}
 
 
 def deployment_logging_options(access_log: bool) -> dict[str, Any]:

@@ -61,7 +61,8 @@ Deliberate differences from Stripe (stricter, so tests catch more):
 
 Inspection and control (no auth; a local test tool): `GET /_emulator/health`,
 `GET /_emulator/totals` (per customer and event name, sum of accepted values),
-`GET /_emulator/events`, `GET /_emulator/requests` (log and count),
+`GET /_emulator/events`, `GET /_emulator/requests` (log and count; each API-key request
+with its key masked as Stripe masks it, `api_key`: which key was used, never the key),
 `POST /_emulator/faults {"fail_rate": 0.3, "timeout_s": 2, "seed": 1}`,
 `POST /_emulator/reset`.
 """

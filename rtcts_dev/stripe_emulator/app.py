@@ -151,6 +151,7 @@ async def _execute(
             state.check_session(_bearer(request) or "")
         else:
             _check_api_key(request)
+            log["api_key"] = mask_key(_bearer(request) or "")  # masked: which key, not it
         raw, params = await _params(request, op)
     except StripeApiError as exc:
         return _json(exc.status, exc.body()), log

@@ -38,6 +38,19 @@ UsdAmount = Annotated[
 ]
 
 
+RAY_BUILTIN_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+"""Resources Ray counts itself: a model cannot ask for them by name in `ray_resources`."""
+RayResourceName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$",
+        description="A Ray resource name, e.g. 'gpu_l4' or 'accelerator_type:L4'.",
+    ),
+]
+
+
 class StrictModel(BaseModel):
     """Base of every policy object: unknown fields are errors, objects are immutable."""
 
@@ -196,6 +209,15 @@ class ModelSpec(StrictModel):
     accelerator: str = Field(
         min_length=1, description="Accelerators of one replica, for people (e.g. '1x NVIDIA L4')."
     )
+    ray_resources: dict[RayResourceName, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources one replica needs, which pin the model's replicas "
+        "to the nodes that declare them (`ray start --resources`, a node type's `resources` "
+        "in cluster.yaml): e.g. {'accelerator_type:L4': 0.001} or {'gpu_l4': 1}. A "
+        "quantity is above 0, and at most 1 or whole (Ray's rule); a fraction lets several "
+        "replicas share the node. Not CPU, GPU, memory or object_store_memory. Empty: any "
+        "node (the replica takes no CPU).",
+    )
     usd_per_hour: float = Field(
         gt=0, description="What one replica costs per hour, busy or idle (on-demand price)."
     )
@@ -234,6 +256,18 @@ class ModelSpec(StrictModel):
     def capability_set(self) -> frozenset[Capability]:
         """What the model serves: its `capabilities`, else its backend's default."""
         return capabilities_of(self.backend.value, self.capabilities)
+
+    @field_validator("ray_resources")
+    @classmethod
+    def _ray_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, quantity in value.items():
+            if name in RAY_BUILTIN_RESOURCES:
+                raise ValueError(f"'{name}' is Ray's own resource, not a custom one")
+            if not (quantity > 0 and (quantity <= 1 or float(quantity).is_integer())):
+                raise ValueError(
+                    f"'{name}': {quantity} is not a Ray quantity (above 0; at most 1, or whole)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:

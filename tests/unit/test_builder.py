@@ -166,6 +166,18 @@ def test_model_options_come_from_the_policy() -> None:
     assert scaling["target_ongoing_requests"] == 6
 
 
+def test_a_models_ray_resources_pin_its_replicas() -> None:
+    pinned = model_dict("m", ray_resources={"gpu_l4": 0.01})
+    loaded = load_policy_dict(policy_dict(models=[pinned, model_dict("free")]))
+    pinned_spec, free_spec = loaded.policy.models
+
+    assert model_deployment_options(pinned_spec)["ray_actor_options"] == {
+        "num_cpus": 0,
+        "resources": {"gpu_l4": 0.01},
+    }
+    assert model_deployment_options(free_spec)["ray_actor_options"] == {"num_cpus": 0}
+
+
 def test_logging_options() -> None:
     assert deployment_logging_options(True) == {}
     (config,) = deployment_logging_options(False).values()

@@ -99,10 +99,26 @@ def deployment_options(spec: ModelSpec, options: dict[str, Any]) -> dict[str, An
     The simulated engine runs in the replica's process on CPU: rtcts's options as they
     are. vLLM's replica takes Ray Serve LLM's own resources (placement group bundles
     from the engine's parallelism and accelerator, runtime env) under rtcts's name,
-    autoscaling, `max_ongoing_requests` and health check period."""
+    autoscaling, `max_ongoing_requests` and health check period; the policy's
+    `ray_resources` join the replica's own bundle (the first), which pins it to the nodes
+    declaring them."""
     section = spec.ray_serve_llm
     if section is None or section.engine is LLMEngineKind.SIMULATED:
         return options
     ray_options: dict[str, Any] = serve_llm().LLMServer.get_deployment_options(llm_config(spec))
     ours = {key: value for key, value in options.items() if key != "ray_actor_options"}
-    return {**ray_options, **ours}
+    return with_resources({**ray_options, **ours}, spec.ray_resources)
+
+
+def with_resources(options: dict[str, Any], resources: dict[str, float]) -> dict[str, Any]:
+    """`options` with custom `resources` added to the replica's placement group bundle
+    (the first), or to its actor options where it has no placement group."""
+    if not resources:
+        return options
+    bundles = options.get("placement_group_bundles")
+    if bundles:
+        first = {**bundles[0], **resources}
+        return {**options, "placement_group_bundles": [first, *bundles[1:]]}
+    actor = dict(options.get("ray_actor_options") or {})
+    actor["resources"] = {**(actor.get("resources") or {}), **resources}
+    return {**options, "ray_actor_options": actor}

@@ -20,6 +20,7 @@ from rtcts_dev.stripe_emulator import (
     Faults,
     load_schemas,
 )
+from rtcts_dev.stripe_emulator.app import mask_key
 from rtcts_dev.stripe_emulator.schemas import (
     EMBEDDED_SCHEMAS,
     SHARED_FILE,
@@ -442,6 +443,15 @@ def test_faults_answer_429_or_500_without_executing(emu: EmulatorServer, clock: 
     assert emu.state.totals() == {}
     log = http().get(emu.url + "/_emulator/requests").json()
     assert {r["fault"] for r in log["requests"][-20:]} == {"rate_limit", "server_error"}
+
+
+def test_the_request_log_names_the_key_used_masked(emu: EmulatorServer, clock: FakeClock) -> None:
+    setup_billing(emu)
+    post(emu, "/v1/billing/meter_events", event(clock.now, "k1"))
+
+    (logged,) = [r for r in emu.state.requests() if r["operation"].endswith("meter_events")]
+    assert logged["api_key"] == mask_key(KEY)
+    assert logged["api_key"] != KEY
 
 
 def test_timeout_fault_executes_then_holds_the_answer(

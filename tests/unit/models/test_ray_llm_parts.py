@@ -22,7 +22,12 @@ from serve_app.models.backend import (
 from serve_app.models.ray_llm import spec as ray_llm_spec
 from serve_app.models.ray_llm.engine_load import EngineLoad, InProcessMetrics, reconcile
 from serve_app.models.ray_llm.protocol import openai_models
-from serve_app.models.ray_llm.spec import deployment_options, llm_config_fields, ray_llm_issues
+from serve_app.models.ray_llm.spec import (
+    deployment_options,
+    llm_config_fields,
+    ray_llm_issues,
+    with_resources,
+)
 from serve_app.models.ray_llm.wire import (
     ChatStreamReader,
     chat_request_fields,
@@ -236,6 +241,18 @@ def test_the_simulated_engine_keeps_rtcts_options() -> None:
     options = {"name": "rsl", "ray_actor_options": {"num_cpus": 0}}
 
     assert deployment_options(_spec(), options) is options
+
+
+def test_ray_resources_join_the_replicas_own_bundle() -> None:
+    options = {"placement_group_bundles": [{"CPU": 1, "GPU": 1}, {"GPU": 1}], "name": "rsl"}
+
+    pinned = with_resources(options, {"gpu_l4": 0.01})
+
+    assert pinned["placement_group_bundles"] == [{"CPU": 1, "GPU": 1, "gpu_l4": 0.01}, {"GPU": 1}]
+    assert options["placement_group_bundles"][0] == {"CPU": 1, "GPU": 1}  # not changed
+    assert with_resources(options, {}) is options
+    bare = with_resources({"ray_actor_options": {"num_cpus": 0}}, {"gpu_l4": 1})
+    assert bare["ray_actor_options"] == {"num_cpus": 0, "resources": {"gpu_l4": 1}}
 
 
 @pytest.mark.parametrize(

@@ -195,6 +195,13 @@ def test_model_defaults() -> None:
     assert model.default_output_tokens == 256
     assert model.cold_start_amortization_requests == 100
     assert model.autoscaling == Autoscaling()
+    assert model.ray_resources == {}
+
+
+def test_ray_resources_take_custom_names_and_ray_quantities() -> None:
+    resources = {"accelerator_type:L4": 0.001, "gpu_l4": 1, "pool/a-1": 4}
+    model = ModelSpec.model_validate(_model(ray_resources=resources))
+    assert model.ray_resources == resources
 
 
 @pytest.mark.parametrize(
@@ -208,6 +215,12 @@ def test_model_defaults() -> None:
         ({"id": "-leading-dash"}, "should match pattern"),
         ({"id": "has space"}, "should match pattern"),
         ({"backend": "tpu"}, "'simulated', 'openai_upstream' or 'ray_serve_llm'"),
+        ({"ray_resources": {"GPU": 1}}, "'GPU' is Ray's own resource"),
+        ({"ray_resources": {"CPU": 0.5}}, "'CPU' is Ray's own resource"),
+        ({"ray_resources": {"gpu_l4": 0}}, "is not a Ray quantity"),
+        ({"ray_resources": {"gpu_l4": 1.5}}, "is not a Ray quantity"),
+        ({"ray_resources": {"gpu_l4": float("inf")}}, "is not a Ray quantity"),
+        ({"ray_resources": {"bad name": 1}}, "should match pattern"),
     ],
 )
 def test_model_rules(changes: dict[str, Any], reason: str) -> None:
