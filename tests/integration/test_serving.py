@@ -91,7 +91,7 @@ def test_client_errors_are_openai_shaped(app_url: str) -> None:
         (auth("flex"), chat_body("no-such-model"), 404, "model_not_found"),
         (auth("flex"), chat_body("big"), 403, "model_not_in_plan"),
         (auth("flex"), {"model": "small", "messages": []}, 400, None),
-        (auth("flex"), chat_body("small", n=2), 400, "unsupported_parameter"),
+        (auth("flex"), chat_body("small", functions=[{"name": "f"}]), 400, "unsupported_parameter"),
     ]
     for headers, body, status, code in cases:
         response = httpx.post(f"{app_url}/v1/chat/completions", json=body, headers=headers)
