@@ -233,3 +233,28 @@ def remove_owned(path: Path) -> bool:
         return False
     shutil.rmtree(path, ignore_errors=True)
     return not path.exists()
+
+
+@dataclass
+class Started:
+    """What one `rtcts run` started and must stop: its mark, its run file, the paths it
+    made (also recorded in the run file) and the processes a sweep must spare (its
+    reaper, which carries no mark anyway)."""
+
+    mark: str
+    run_file: RunFile
+    paths: list[Path] = field(default_factory=list)
+    spared: list[int] = field(default_factory=list)
+
+    def add_path(self, path: Path) -> None:
+        self.paths.append(path)
+        self.run_file.add_path(self.mark, path)
+
+    def stop_all(self, grace_s: float) -> None:
+        """Every process with the mark (`sweep`), then the paths: nothing uses them then."""
+        sweep(self.mark, grace_s=grace_s, exclude=self.spared)
+        for path in self.paths:
+            remove_owned(path)
+
+    def release(self) -> None:
+        self.run_file.release(self.mark)

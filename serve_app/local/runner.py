@@ -18,36 +18,35 @@ starts are shortened by `cold_start_scale` (`--cold-start-scale`, 0.05 by defaul
      meters to Redis every 10 ms, so a stop loses at most that much of them; requests
      still running are cut, not billed, their reservations left to expire);
   3. the emulator and Redis (after the app: meters flush into Redis), then every
-     process still carrying this instance's mark (`instance.sweep`: HAProxy, a stuck
-     actor), then the paths it made and its run file.
-  A second Ctrl-C, or `STOP_LIMIT_S` after the first, forces it: every marked process
-  is killed at once and `rtcts run` exits 1. If `rtcts run` itself is killed (SIGKILL
-  too), the reaper (`reaper.py`, in a session of its own) does step 3; the embedded
-  Redis and the emulator also get SIGTERM from the kernel when it dies
-  (`PR_SET_PDEATHSIG`), Ray's own processes are tied to it by Ray. A new `rtcts run`
-  cleans up what a dead one left in its data directory (`instance.RunFile.claim`).
+     process still carrying this instance's mark (`instance.Started.stop_all`: HAProxy,
+     a stuck actor), then the paths it made and its run file.
+  A second Ctrl-C, or `stopping.STOP_LIMIT_S` (13 s) after the first, forces it: every
+  marked process is killed at once and `rtcts run` exits 1 (`stopping.py`). If
+  `rtcts run` itself is killed (SIGKILL too), the reaper (`reaper.py`, in a session of
+  its own) does step 3; the embedded Redis and the emulator also get SIGTERM from the
+  kernel when it dies (`PR_SET_PDEATHSIG`), Ray's own processes are tied to it by Ray.
+  A new `rtcts run` cleans up what a dead one left in its data directory
+  (`instance.RunFile.claim`).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from serve_app.errors import LocalServiceError
-from serve_app.local.instance import MARK_ENV, RunFile, new_mark, remove_owned, sweep
+from serve_app.local.instance import MARK_ENV, RunFile, Started, new_mark
 from serve_app.local.public_port import plan_public_port
 from serve_app.local.reaper import Reaper
 from serve_app.local.redis_server import EmbeddedRedis, masked_url
 from serve_app.local.startup import Progress, wait_ready
+from serve_app.local.stopping import Stopper, StopRequested
 from serve_app.policy import LoadedPolicy
 from serve_app.policy.schema import BackendKind
 from serve_app.settings import Settings, SettingsError
@@ -57,16 +56,10 @@ DEMO_KEYS = {"rtcts-demo-pro": "demo-pro", "rtcts-demo-basic": "demo-basic"}
 """Plain demo keys of policies/default.yaml; the first one is used in the printed curl."""
 DEFAULT_COLD_START_SCALE = 0.05
 """`rtcts run`'s default: a simulated 60 s cold start takes 3 s (the pricing sees 60 s)."""
-STOP_LIMIT_S = 13.0
-"""An orderly stop still running this long after it was asked for is forced."""
 APP_STOP_S = 5.0
 RAY_STOP_S = 6.0
 SWEEP_GRACE_S = 2.0
 FAILURE_CHECK_S = 2.0
-SECOND_SIGNAL_S = 0.5
-"""Signals closer than this to the first are the same Ctrl-C: a process forked from
-`rtcts run` that has not yet run its own program shares its wakeup pipe, so one Ctrl-C
-to the process group can write there twice."""
 
 
 @dataclass(frozen=True)
@@ -81,97 +74,6 @@ class Running:
     """How the public port is served (HAProxy, or Serve's HTTP proxy and why)."""
     ready_after_s: float | None = None
     """Seconds from the start of `rtcts run` until the app was ready."""
-
-
-class StopRequested(BaseException):
-    """Ctrl-C, SIGTERM or SIGHUP while `rtcts run` was starting: abandon the start-up.
-    A BaseException, so that no library's `except Exception` swallows it."""
-
-
-class Stopper:
-    """The stop rule's clock and signals (module docstring).
-
-    A signal is seen twice: at once by a thread reading the wakeup pipe that the
-    interpreter writes each signal's number to (`signal.set_wakeup_fd`), which starts
-    the stop's clock at the first signal and forces the stop at a second one (at least
-    `SECOND_SIGNAL_S` later), even while the main thread is stuck in a C call
-    (ray.init); and later, when the main thread runs Python again, by the handler,
-    which abandons a start-up (`StopRequested`). `force` does not return."""
-
-    def __init__(
-        self,
-        event: threading.Event,
-        force: Callable[[str], None],
-        say: Callable[[str], None],
-        limit_s: float = STOP_LIMIT_S,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.event = event
-        self.starting = True
-        """While True, the handler abandons the start-up; the start-up's end clears it."""
-        self._force = force
-        self._say = say
-        self._limit_s = limit_s
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._watchdog: threading.Thread | None = None
-        self._wakeup: int | None = None
-
-    def install(self) -> None:
-        """Handlers for SIGINT, SIGTERM and SIGHUP (again after a library replaced one:
-        ray.init sets its own SIGTERM handler) and the wakeup pipe (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-        if self._wakeup is None:
-            read, self._wakeup = os.pipe()
-            os.set_blocking(self._wakeup, False)
-            threading.Thread(
-                target=self._read_signals, args=(read,), name="rtcts-signals", daemon=True
-            ).start()
-        signal.set_wakeup_fd(self._wakeup, warn_on_full_buffer=False)
-
-    def _read_signals(self, fd: int) -> None:
-        first_at: float | None = None
-        while os.read(fd, 64):
-            now = time.monotonic()
-            if first_at is None:
-                first_at = now
-                self._say("rtcts: stopping (Ctrl-C again to force) ...")
-                self.begin()
-            elif now - first_at >= SECOND_SIGNAL_S:
-                self._force("asked twice")
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.event.set()
-        if self.starting:
-            self.starting = False
-            raise StopRequested
-
-    def check(self) -> None:
-        """Between start-up steps: abandon the start-up if a stop was asked for (a step
-        may have swallowed the `StopRequested` raised in its middle)."""
-        if self.event.is_set():
-            raise StopRequested
-
-    def begin(self) -> None:
-        """The stop begins (a signal, the caller's event, or an error): start its clock."""
-        self.event.set()
-        with self._lock:
-            if self._watchdog is not None:
-                return
-            self._watchdog = threading.Thread(target=self._watch, name="rtcts-stop", daemon=True)
-        self._watchdog.start()
-
-    def join(self) -> None:
-        """Wait for the stop's clock to run out (tests: with a `sleep` that returns)."""
-        if self._watchdog is not None:
-            self._watchdog.join()
-
-    def _watch(self) -> None:
-        self._sleep(self._limit_s)
-        self._force(f"still stopping after {self._limit_s:.0f} s")
 
 
 def serve_locally(
@@ -189,17 +91,12 @@ def serve_locally(
     say = say or (lambda line: None)
     progress = Progress(say)
     stop = stop or threading.Event()
-    mark = new_mark()
-    run_file = RunFile(settings.data_dir)
-    owned: list[Path] = []
-    reaper: list[Reaper] = []
+    started = Started(new_mark(), RunFile(settings.data_dir))
 
     def force(why: str) -> None:
         say(f"rtcts: forcing the stop ({why}): killing what is left")
-        sweep(mark, grace_s=0.5, exclude=[r.pid for r in reaper])
-        for path in owned:
-            remove_owned(path)
-        run_file.release(mark)
+        started.stop_all(grace_s=0.5)
+        started.release()
         os._exit(1)
 
     stopper = Stopper(stop, force, say)
@@ -209,7 +106,7 @@ def serve_locally(
         with ExitStack() as stack:
             try:
                 _start_and_serve(
-                    stack, settings, loaded, mark, run_file, owned, reaper, progress, stopper,
+                    stack, settings, loaded, started, progress, stopper,
                     time_scale=time_scale, cold_start_scale=cold_start_scale,
                     on_ready=on_ready,
                 )  # fmt: skip
@@ -232,10 +129,7 @@ def _start_and_serve(
     stack: ExitStack,
     settings: Settings,
     loaded: LoadedPolicy,
-    mark: str,
-    run_file: RunFile,
-    owned: list[Path],
-    reaper: list[Reaper],
+    started: Started,
     progress: Progress,
     stopper: Stopper,
     *,
@@ -244,9 +138,9 @@ def _start_and_serve(
     on_ready: Callable[[Running], None] | None,
 ) -> None:
     # Every process started from here on carries the mark (instance.py).
-    os.environ[MARK_ENV] = mark
-    leftovers = run_file.claim(mark)
-    stack.callback(run_file.release, mark)
+    os.environ[MARK_ENV] = started.mark
+    leftovers = started.run_file.claim(started.mark)
+    stack.callback(started.release)
     if leftovers is not None:
         progress.line(
             f"cleaned up after an rtcts run that died (pid {leftovers.pid}): "
@@ -254,12 +148,12 @@ def _start_and_serve(
         )
     if settings.ray_address is None:
         _require_free_port(settings.http_host, settings.http_port)
-    reaper.append(Reaper(mark, settings.data_dir, dict(os.environ)))
-    stack.callback(reaper[0].close)
-    stack.callback(_remove_all, owned)  # after the sweep below: nothing uses them then
-    stack.callback(sweep, mark, grace_s=SWEEP_GRACE_S, exclude=(reaper[0].pid,))
+    reaper = Reaper(started.mark, settings.data_dir, dict(os.environ))
+    started.spared.append(reaper.pid)
+    stack.callback(reaper.close)
+    stack.callback(started.stop_all, grace_s=SWEEP_GRACE_S)  # the last of what it started
 
-    started = progress.now()
+    emulator_since = progress.now()
     emulator: Any = None
     stripe_base = settings.stripe_api_base
     emulated = settings.stripe_api_key is None and stripe_base is None
@@ -299,7 +193,7 @@ def _start_and_serve(
     progress.done("code", since, "Ray, Serve and the app", verb="imported")
     if emulator is not None:
         emulator.wait_ready()
-        progress.done("Stripe emulator", started, stripe_base or "")
+        progress.done("Stripe emulator", emulator_since, stripe_base or "")
         stopper.check()
 
     if settings.fast_mode and settings.ray_address is None:
@@ -307,9 +201,8 @@ def _start_and_serve(
     public = plan_public_port(settings)
     os.environ.update(public.env)  # read by the Ray it starts (Serve's HAProxy mode)
     if public.state_dir is not None:
-        owned.append(public.state_dir)
-        run_file.add_path(mark, public.state_dir)
-        reaper[0].remove_later(public.state_dir)
+        started.add_path(public.state_dir)
+        reaper.remove_later(public.state_dir)
 
     since = progress.now()
     if settings.ray_address is None:
@@ -394,11 +287,6 @@ def _require_free_port(host: str, port: int) -> None:
                 f"port {port} on {host} is in use by another program: stop it, or set "
                 "RTCTS_HTTP_PORT (or --port)"
             ) from None
-
-
-def _remove_all(paths: list[Path]) -> None:
-    for path in paths:
-        remove_owned(path)
 
 
 def _failure_check(serve: Any) -> Callable[[], str | None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.errors import LocalServiceError
-from serve_app.local.instance import MARK_ENV, RunFile, RunRecord, marked, sweep
+from serve_app.local.instance import MARK_ENV, RunFile, RunRecord, Started, marked, sweep
 from tests.fakes import FakeClock
 
 
@@ -149,3 +149,25 @@ def test_a_damaged_run_file_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text("{not json")
     table = FakeProcesses({11: Proc({}, start_time=5)})
     assert RunFile(tmp_path, table).claim("new", pid=11) is None
+
+
+def test_started_stops_its_processes_but_the_spared_and_removes_its_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = FakeProcesses({1: Proc(ours("m1")), 2: Proc(ours("m1")), 11: Proc({}, start_time=5)})
+    monkeypatch.setattr("serve_app.local.instance.LinuxProcesses", lambda: table)
+    run_file = RunFile(tmp_path, table)
+    run_file.claim("m1", pid=11)
+    started = Started("m1", run_file, spared=[2])
+    state = tmp_path / "rtcts-hap-9"
+    state.mkdir()
+    started.add_path(state)
+    record = run_file.read()
+    assert record is not None
+    assert record.paths == (str(state),)
+    started.stop_all(grace_s=0.0)
+    assert not table.procs[1].alive
+    assert table.procs[2].alive
+    assert not state.exists()
+    started.release()
+    assert run_file.read() is None

@@ -12,15 +12,9 @@ from pathlib import Path
 import pytest
 
 from serve_app.errors import LocalServiceError
-from serve_app.local import runner
-from serve_app.local.runner import (
-    Running,
-    Stopper,
-    StopRequested,
-    _cold_start_notes,
-    _require_free_port,
-    banner,
-)
+from serve_app.local import stopping
+from serve_app.local.runner import Running, _cold_start_notes, _require_free_port, banner
+from serve_app.local.stopping import Stopper, StopRequested
 from serve_app.policy import load_policy_file
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -76,13 +70,13 @@ def test_a_second_signal_forces_the_stop_at_once() -> None:
     assert forced == ["still stopping after 13 s"]  # the clock, not "asked twice"
     forced.clear()
     done.clear()
-    saved, runner.SECOND_SIGNAL_S = runner.SECOND_SIGNAL_S, 0.0
+    saved, stopping.SECOND_SIGNAL_S = stopping.SECOND_SIGNAL_S, 0.0
     try:
         os.write(write, bytes([signal.SIGINT]))
         os.close(write)
         assert done.wait(5)
     finally:
-        runner.SECOND_SIGNAL_S = saved
+        stopping.SECOND_SIGNAL_S = saved
     assert forced == ["asked twice"]
 
 
