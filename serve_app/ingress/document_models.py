@@ -232,6 +232,15 @@ class Quote(_Document):
 class ModelPrices(_Document):
     input_usd_per_1m_tokens: Usd
     output_usd_per_1m_tokens: Usd
+    embedding_usd_per_1m_tokens: Usd | None = None
+    """Where the model serves embeddings too: per 1M tokens embedded."""
+    quality_tier: int
+
+
+class EmbeddingModelPrices(_Document):
+    """An embedding model's price: per 1M input tokens embedded (no output)."""
+
+    embedding_usd_per_1m_tokens: Usd
     quality_tier: int
 
 
@@ -248,7 +257,7 @@ class PricedModel(_Document):
     object: Literal["model"]
     created: int
     owned_by: str
-    pricing: ModelPrices | RouteAlias
+    pricing: ModelPrices | EmbeddingModelPrices | RouteAlias
 
 
 class PricedModelList(_Document):

@@ -19,7 +19,7 @@ from serve_app.ingress.policy_view import PolicyView
 from serve_app.ingress.protocol import ModelCard, ModelList
 from serve_app.metering.view import BillingView
 from serve_app.policy import LoadedPolicy, Tenant, hash_api_key
-from serve_app.pricing import PriceBook, PriceRequest, quote
+from serve_app.pricing import PlanTerms, PriceBook, PriceRequest, quote
 
 REFERENCE_TOKENS = 1000
 """`/v1/cluster` prices a request of 1000 prompt and 1000 output tokens per model."""
@@ -168,16 +168,9 @@ class Views:
         plan = self.book.plans[tenant.plan]
         created = int(time.time())
         cards = [
-            ModelCard(
-                id=model_id,
-                created=created,
-                pricing={
-                    "input_usd_per_1m_tokens": usd(rates.input_micro_per_1m),
-                    "output_usd_per_1m_tokens": usd(rates.output_micro_per_1m),
-                    "quality_tier": self.book.models[model_id].quality_tier,
-                },
-            )
-            for model_id, rates in plan.rates.items()
+            ModelCard(id=model_id, created=created, pricing=self._prices(plan, model_id))
+            for model_id in self.book.models
+            if model_id in plan.rates or model_id in plan.embedding_rates
         ]
         cards += [
             ModelCard(
@@ -188,7 +181,31 @@ class Views:
             for alias, members in self.book.routes.items()
             if any(m in plan.rates for m in members)
         ]
+        cards += [
+            ModelCard(
+                id=alias,
+                created=created,
+                pricing={"route_alias": [m for m in members if m in plan.embedding_rates]},
+            )
+            for alias, members in self.book.routes.items()
+            if not any(m in plan.rates for m in members)
+            and any(m in plan.embedding_rates for m in members)
+        ]
         return ModelList(data=cards).model_dump(mode="json", exclude_none=True)
+
+    def _prices(self, plan: PlanTerms, model_id: str) -> dict[str, Any]:
+        """A model's list prices on the plan: per token in and out, and per token
+        embedded where it serves embeddings."""
+        prices: dict[str, Any] = {}
+        rates = plan.rates.get(model_id)
+        if rates is not None:
+            prices["input_usd_per_1m_tokens"] = usd(rates.input_micro_per_1m)
+            prices["output_usd_per_1m_tokens"] = usd(rates.output_micro_per_1m)
+        embedding = plan.embedding_rates.get(model_id)
+        if embedding is not None:
+            prices["embedding_usd_per_1m_tokens"] = usd(embedding.input_micro_per_1m)
+        prices["quality_tier"] = self.book.models[model_id].quality_tier
+        return prices
 
     def cluster(self, tenant: Tenant) -> dict[str, Any]:
         snapshot = self.state.snapshot()

@@ -431,6 +431,17 @@ def test_embeddings_with_the_sdk_are_billed_per_input_token(surface: Surface) ->
     assert sent.inputs == ("a", "b")
 
 
+def test_the_model_list_shows_embedding_models_with_their_price(surface: Surface) -> None:
+    listed = surface.http.get("/v1/models", headers=_auth()).json()["data"]
+    cards = {card["id"]: card["pricing"] for card in listed}
+    assert cards["vec"] == {"embedding_usd_per_1m_tokens": "0.020000", "quality_tier": 1}
+    assert cards["vectors"] == {"route_alias": ["vec"]}
+    assert cards["auto"] == {"route_alias": ["plain", "tooled"]}
+    assert "embedding_usd_per_1m_tokens" not in cards["plain"]
+    ids = [model.id for model in surface.sdk().models.list()]
+    assert {"vec", "plain", "tooled"} <= set(ids)
+
+
 def test_embedding_dimensions_and_token_inputs_reach_the_model(surface: Surface) -> None:
     answer = surface.http.post(
         "/v1/embeddings",
