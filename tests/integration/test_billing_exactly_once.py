@@ -243,7 +243,9 @@ def test_masters_failing_over_mid_load_lose_and_double_no_meter(
         redis_cluster.failover(handed)
         time.sleep(1.0)
         redis_cluster.kill(killed)
-        redis_cluster.wait_for(lambda: killed not in redis_cluster.master_ports())
+        redis_cluster.wait_for(
+            lambda: len(redis_cluster.master_ports()) == 3, "the killed master's replica promoted"
+        )
 
     try:
         _run_scenario(ray_serve, store, tmp_path, fail_rate=0.0, kills=1, disrupt=failovers)
