@@ -37,7 +37,10 @@ reader finds them where they are used and here where they are defined.
     │   └── SyncError               a Stripe call failed; `retryable` says whether to retry
     │       ├── RetryableSyncError
     │       └── PermanentSyncError
-    └── LocalServiceError           a process `rtcts run` starts failed (Redis, emulator)
+    ├── LocalServiceError           a process `rtcts run` starts failed (Redis, emulator)
+    │   └── EdgeError               Serve's HAProxy config is not the shape rtcts rewrites
+    └── BacktestError               `rtcts backtest` cannot run as asked (one line)
+        └── TraceError              a trace file is missing or malformed
 
 Errors that are not RtctsError (a bug, a library's error) are answered with a generic
 500 at the edge and logged there; the client never sees their text.
@@ -248,14 +251,28 @@ class LocalServiceError(RtctsError):
     """A local process that `rtcts run` starts (embedded Redis, Stripe emulator) failed."""
 
 
+class EdgeError(LocalServiceError):
+    """Serve's HAProxy config does not have the shape `local/haproxy_edge.py` expects."""
+
+
+class BacktestError(RtctsError):
+    """The backtest cannot run as asked (no trace, bad option): one line."""
+
+
+class TraceError(BacktestError):
+    """A trace file is missing or malformed (the message names the file and line)."""
+
+
 __all__ = [
     "AdmissionError",
     "AdmissionUnavailable",
     "BackendError",
     "BackendUnavailable",
+    "BacktestError",
     "BudgetExceeded",
     "ClientDisconnected",
     "ContextWindowError",
+    "EdgeError",
     "Forbidden",
     "GenerationFailed",
     "InvalidRequest",
@@ -279,6 +296,7 @@ __all__ = [
     "RtctsError",
     "SettingsError",
     "SyncError",
+    "TraceError",
     "Unauthorized",
     "UnknownModelError",
     "UnsupportedFeature",

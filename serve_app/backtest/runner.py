@@ -20,7 +20,7 @@ from serve_app.backtest.strategies import POLICIES, fallback_chain
 from serve_app.backtest.summary import PolicySummary, summarize
 from serve_app.backtest.trace import TraceRequest, load_trace
 from serve_app.backtest.workload import SpikeSpec, Workload, WorkloadSpec, shape
-from serve_app.errors import RtctsError
+from serve_app.errors import BacktestError as BacktestError
 from serve_app.policy import LoadedPolicy, load_policy_file
 from serve_app.pricing import PriceBook
 
@@ -35,10 +35,6 @@ PACKAGED_POLICY = PACKAGE_DIR / "backtest.yaml"
 
 Progress = Callable[[str, int, int], None]
 """Called with (policy, requests replayed so far in all policies, requests in all)."""
-
-
-class BacktestError(RtctsError):
-    """The backtest cannot run as asked (no trace, bad option): one line."""
 
 
 @dataclass(frozen=True, slots=True)

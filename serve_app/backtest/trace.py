@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serve_app.errors import RtctsError
+from serve_app.errors import TraceError as TraceError
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -40,10 +40,6 @@ COLUMN_NAMES: tuple[tuple[str, ...], ...] = (
     ),
 )
 """Accepted names of each column, the Azure trace's first (case does not matter)."""
-
-
-class TraceError(RtctsError):
-    """A trace file is missing or malformed (the message names the file and line)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,16 +50,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from serve_app.errors import EdgeError as EdgeError
+
 MARK = "# hardened by rtcts (serve_app/local/haproxy_edge.py)\n"
 SERVICE = "rtcts_payload_too_large"
 ERROR_STATUSES = (500, 502, 503, 504)
 """HAProxy's own answers to a parsed request that this config can give. (The errors its
 HTTP/1 parser gives before there is a request, 400 for a malformed one and the like,
 are HAProxy's built-in pages: `errorfile` does not reach them in 2.8.)"""
-
-
-class EdgeError(Exception):
-    """Serve's HAProxy config does not have the shape `harden` expects."""
 
 
 @dataclass(frozen=True)
