@@ -4,9 +4,10 @@
 completion to `/v1/completions`, embeddings to `/v1/embeddings`) with one
 `httpx.AsyncClient`, streaming with server-sent events (the bodies it sends and reads,
 every OpenAI field included: `openai_wire.py`), and reads the server's load from its
-Prometheus `/metrics` page, polled in the background (`upstream_load.py`).
-A server without a readable `/metrics` page is priced from the requests this replica
-has in flight to it.
+Prometheus `/metrics` page, polled in the background (`upstream_load.py`). The client's
+network layer is aiohttp's (`aiohttp_transport.py`: httpx's own costs ~5x the CPU per
+request); tests inject theirs. A server without a readable `/metrics` page is priced
+from the requests this replica has in flight to it.
 
 Errors map onto the backend hierarchy: the server unreachable or timing out before
 it answers → `BackendUnavailable`; the server refusing the request as invalid (HTTP
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from serve_app.models.aiohttp_transport import AiohttpTransport
 from serve_app.models.backend import (
     BackendError,
     BackendUnavailable,
@@ -76,8 +78,8 @@ class OpenAIUpstream:
     used. `timeout_s` bounds each network wait of a request (connecting: at most
     10 s), not its whole length. `metrics_poll_s` is how often `/metrics` is read;
     `start_timeout_s` bounds how long `start()` retries until the server answers.
-    `transport` replaces the network (tests pass `httpx.MockTransport`); `clock` times
-    requests and ages metrics readings.
+    `transport` replaces the network (default: `AiohttpTransport`; tests pass
+    `httpx.MockTransport`); `clock` times requests and ages metrics readings.
     """
 
     def __init__(
@@ -142,7 +144,7 @@ class OpenAIUpstream:
             base_url=self._base_url,
             headers=headers,
             timeout=httpx.Timeout(self._timeout_s, connect=min(self._timeout_s, 10.0)),
-            transport=self._transport,
+            transport=self._transport or AiohttpTransport(),
         )
         try:
             await self._wait_until_up()
