@@ -26,6 +26,7 @@ them, and the app must carry them to its actors as arguments.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -104,7 +105,7 @@ class RayNode:
     def start(self) -> None:
         self.starts += 1
         temp = self.root / f"{self.name}{self.starts}"  # short: Ray's socket paths live in it
-        log = (self.root / f"{self.name}{self.starts}.log").open("wb")
+        log = self.log_path.open("wb")
         ports = [
             f"--node-manager-port={free_port()}",
             f"--object-manager-port={free_port()}",
@@ -123,11 +124,35 @@ class RayNode:
         )
         log.close()
 
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"{self.name}{self.starts}.log"
+
+    def up(self, timeout_s: float = 240.0, tries: int = 3) -> None:
+        """Start the node until it says it runs. On a busy machine a raylet can give up
+        waiting for its agents (15 s, not configurable) and `ray start` then exits: that
+        start is retried, in a fresh temp dir."""
+        for _ in range(tries):
+            self.start()
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if b"Ray runtime started" in self.log_path.read_bytes():
+                    return
+                if self.process is not None and self.process.poll() is not None:
+                    break  # this start failed: try again
+                time.sleep(0.5)
+            else:
+                raise TimeoutError(f"Ray node {self.name}: not started within {timeout_s} s")
+            self.kill()
+        raise RuntimeError(f"Ray node {self.name}: {tries} starts failed ({self.log_path})")
+
     def kill(self) -> None:
         """SIGKILL the node's process group: the node is lost, its workers exit."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.process.wait()
 
 
 def kill_leftovers(run: str) -> list[int]:
@@ -274,8 +299,7 @@ def main(result_path: Path) -> None:
         stack.callback(worker.kill)
         redis = stack.enter_context(EmbeddedRedis(root / "redis"))
         stripe = stack.enter_context(EmulatorServer())
-        head.start()
-        wait_for(lambda: _gcs_up(gcs_port), "the head's GCS answers", 60)
+        head.up()
         ray.init(address=f"127.0.0.1:{gcs_port}", namespace="rtcts-2n", log_to_driver=False)
         stack.callback(ray.shutdown)
         (head_node,) = [n for n in ray.nodes() if "cpu_pool" in n["Resources"]]
@@ -314,7 +338,7 @@ def main(result_path: Path) -> None:
         mark("deployed")
         facts["quote_before_worker"] = quote(url, "flex", "gpu")
 
-        worker.start()
+        worker.up()
         wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, "the worker joins", 90)
         mark("worker_up")
         traffic = Traffic(url)
@@ -362,7 +386,7 @@ def main(result_path: Path) -> None:
             traffic.call("outage-strict", "strict", body("gpu"))
         mark("outage_done")
 
-        worker.start()
+        worker.up()
         wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, "the worker rejoins", 90)
         mark("worker_back")
         facts["after_return"] = traffic.call("after", "premium", body("gpu", 8))
@@ -410,14 +434,6 @@ def main(result_path: Path) -> None:
         facts["tenants"] = TENANTS
     result_path.write_text(json.dumps(facts, indent=1), encoding="utf-8")
     shutil.rmtree(root, ignore_errors=True)  # kept when something failed: the nodes' logs
-
-
-def _gcs_up(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 if __name__ == "__main__":
