@@ -10,9 +10,10 @@ gateways in front of it are what a benchmark measures. It answers:
   per token every `--itl-ms` (the first carries the role), a last chunk with the
   finish reason, a usage chunk when `stream_options.include_usage` is set, `[DONE]`;
 - `GET /v1/models` (the `--models` listed), `GET /health`;
-- `GET /metrics`: vLLM's load gauges (`vllm:num_requests_running` = the requests in
-  flight, `vllm:num_requests_waiting` 0, `vllm:kv_cache_usage_perc`), so that rtcts's
-  upstream backend reads the server's load as it does from vLLM.
+- `GET /metrics`: a page shaped like vLLM's (~400 sample lines: its load gauges, with
+  `vllm:num_requests_running` = the requests in flight, counters, 13 histograms,
+  process metrics; `--metrics small` keeps the 3 load gauges alone), so that rtcts's
+  upstream backend reads, and pays for reading, the server's load as from vLLM.
 
 `--delay-ms` adds a fixed wait before every non-streamed answer (0 by default: the
 answer takes what the server's own work takes, about 0.5 ms at c=8 on 2 cores).
@@ -37,6 +38,61 @@ from typing import cast
 
 ANSWER_WORD = "ok"
 PROMPT_TOKENS = 12
+MODEL_LABEL = 'model_name="meta-llama/Llama-3.1-8B-Instruct"'
+HISTOGRAMS = (
+    "time_to_first_token_seconds",
+    "time_per_output_token_seconds",
+    "e2e_request_latency_seconds",
+    "request_queue_time_seconds",
+    "request_inference_time_seconds",
+    "request_prefill_time_seconds",
+    "request_decode_time_seconds",
+    "request_prompt_tokens",
+    "request_generation_tokens",
+    "iteration_tokens_total",
+    "request_max_num_generation_tokens",
+    "request_params_n",
+    "request_params_max_tokens",
+)
+BUCKETS = (
+    *("0.001", "0.005", "0.01", "0.02", "0.04", "0.06", "0.08", "0.1", "0.25", "0.5"),
+    *("0.75", "1.0", "2.5", "5.0", "7.5", "10.0", "20.0", "40.0", "80.0", "160.0"),
+    *("640.0", "2560.0", "+Inf"),
+)
+
+
+def metrics_rest(full: bool) -> str:
+    """Everything on the metrics page after the running gauge (which changes)."""
+    lines = [
+        f"vllm:num_requests_waiting{{{MODEL_LABEL}}} 0",
+        f"vllm:kv_cache_usage_perc{{{MODEL_LABEL}}} 0.1",
+    ]
+    if not full:
+        return "\n".join(lines) + "\n"
+    for name in ("collected", "uncollectable"):
+        lines += [f'python_gc_objects_{name}_total{{generation="{g}"}} 1.0' for g in range(3)]
+    lines += [f'python_gc_collections_total{{generation="{g}"}} 1.0' for g in range(3)]
+    lines += [
+        f"process_{name} 1.0"
+        for name in ("virtual_memory_bytes", "resident_memory_bytes", "start_time_seconds")
+    ]
+    lines += [f"process_{name} 1.0" for name in ("cpu_seconds_total", "open_fds", "max_fds")]
+    for name in ("num_requests_swapped", "gpu_cache_usage_perc", "cpu_cache_usage_perc"):
+        lines += [f"# TYPE vllm:{name} gauge", f"vllm:{name}{{{MODEL_LABEL}}} 0.0"]
+    for name in ("num_preemptions_total", "prompt_tokens_total", "generation_tokens_total"):
+        lines += [f"# TYPE vllm:{name} counter", f"vllm:{name}{{{MODEL_LABEL}}} 12.0"]
+    for name in HISTOGRAMS:
+        lines.append(f"# HELP vllm:{name} Histogram.\n# TYPE vllm:{name} histogram")
+        lines += [f'vllm:{name}_bucket{{le="{b}",{MODEL_LABEL}}} 12.0' for b in BUCKETS]
+        lines += [
+            f"vllm:{name}_sum{{{MODEL_LABEL}}} 34.5",
+            f"vllm:{name}_count{{{MODEL_LABEL}}} 12.0",
+        ]
+    lines += [
+        f'vllm:request_success_total{{finished_reason="{reason}",{MODEL_LABEL}}} 100.0'
+        for reason in ("stop", "length", "abort")
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
@@ -46,6 +102,7 @@ class Config:
     itl_s: float
     delay_s: float
     models: tuple[str, ...]
+    full_metrics: bool = True
 
 
 def _response(status: str, content_type: str, body: bytes) -> bytes:
@@ -78,6 +135,7 @@ class Answers:
             ).encode(),
         )
         self.health = _response("200 OK", "application/json", b"{}")
+        self.metrics_rest = metrics_rest(config.full_metrics)
         self.not_found = _response("404 Not Found", "application/json", b'{"error":"not found"}')
         self.bad_request = _response(
             "400 Bad Request", "application/json", b'{"error":{"message":"bad request"}}'
@@ -238,14 +296,11 @@ class Server(asyncio.Protocol):
             if path == b"/health":
                 return answers.health
             if path == b"/metrics":
+                running = f"vllm:num_requests_running{{{MODEL_LABEL}}} {Server.inflight}\n"
                 return _response(
                     "200 OK",
                     "text/plain; version=0.0.4",
-                    (
-                        f'vllm:num_requests_running{{model_name="mock"}} {Server.inflight}\n'
-                        'vllm:num_requests_waiting{model_name="mock"} 0\n'
-                        'vllm:kv_cache_usage_perc{model_name="mock"} 0.1\n'
-                    ).encode(),
+                    (running + answers.metrics_rest).encode(),
                 )
         return answers.not_found
 
@@ -292,6 +347,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--itl-ms", type=float, default=2.0, help="streams: between tokens")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="non-streamed: extra wait")
     parser.add_argument(
+        "--metrics",
+        choices=("vllm", "small"),
+        default="vllm",
+        help="/metrics: a page shaped like vLLM's (~400 lines), or the 3 load gauges alone",
+    )
+    parser.add_argument(
         "--models",
         nargs="+",
         default=["llama-3.1-8b", "qwen2.5-32b", "llama-3.1-70b"],
@@ -307,6 +368,7 @@ async def serve(args: argparse.Namespace) -> None:
         itl_s=args.itl_ms / 1000,
         delay_s=args.delay_ms / 1000,
         models=tuple(args.models),
+        full_metrics=args.metrics == "vllm",
     )
     answers = Answers(config)
     loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
+    "LOAD_METRIC_NAMES",
     "MetricsParseError",
     "Sample",
     "UnrecognizedMetrics",
@@ -104,6 +105,10 @@ _ENGINES: tuple[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] =
         ("llamacpp:kv_cache_usage_ratio",),
     ),
 )
+
+
+LOAD_METRIC_NAMES = frozenset(name for engine in _ENGINES for names in engine for name in names)
+"""Every metric name `vllm_load` reads (a poller may parse only the lines holding one)."""
 
 
 def vllm_load(metrics: Mapping[str, float]) -> tuple[int, int, float | None]:

@@ -1,11 +1,11 @@
 """An upstream server's load: its Prometheus `/metrics` page, polled, and the requests
 this replica has in flight to it.
 
-`UpstreamLoad` reads the page (parsed by `prometheus.py`) on each poll and keeps the
-last reading; `report()` turns it into the `LoadReport` the pricing core reads. A
-server without a usable page, or whose reading went stale, is reported from the
-requests in flight alone. The upstream backend (`upstream.py`) owns the HTTP client
-and the polling task.
+`UpstreamLoad` reads the page on each poll, parses the lines that name a load metric
+(`prometheus.py`) and keeps the last reading; `report()` turns it into the `LoadReport`
+the pricing core reads. A server without a usable page, or whose reading went stale, is
+reported from the requests in flight alone. The upstream backend (`upstream.py`) owns
+the HTTP client and the polling task.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import httpx
 
 from serve_app.models.backend import LoadReport
 from serve_app.models.prometheus import (
+    LOAD_METRIC_NAMES,
     MetricsParseError,
     UnrecognizedMetrics,
     parse_metrics,
@@ -28,6 +29,30 @@ from serve_app.models.prometheus import (
 __all__ = ["UpstreamLoad"]
 
 logger = logging.getLogger(__name__)
+
+_LOAD_NAMES = tuple(sorted(LOAD_METRIC_NAMES))
+
+
+def load_lines(page: str) -> str:
+    """The sample lines of a metrics page that mention a load metric, in page order.
+
+    A vLLM page has ~400 sample lines (histograms, process metrics); parsing each with
+    `prometheus_client` costs ~5 ms of CPU, ten polls a second. Its few load lines,
+    found by plain substring search, cost ~0.1 ms (docs/benchmarks.md, "rtcts against
+    LiteLLM"). A line that merely mentions a name (another metric's label value) is
+    parsed too and read by its own name, so nothing is lost or misread."""
+    found: dict[int, str] = {}
+    for name in _LOAD_NAMES:
+        at = page.find(name)
+        while at >= 0:
+            start = page.rfind("\n", 0, at) + 1
+            end = page.find("\n", at)
+            end = len(page) if end < 0 else end
+            line = page[start:end]
+            if not line.lstrip().startswith("#"):
+                found[start] = line
+            at = page.find(name, end)
+    return "\n".join(found[start] for start in sorted(found))
 
 
 class UpstreamLoad:
@@ -95,9 +120,10 @@ class UpstreamLoad:
     async def poll_once(self, client: httpx.AsyncClient | None) -> bool:
         """Read `/metrics` once; False when the server has no usable page (stop polling).
 
-        A 404, a page that does not parse, or one without a known engine's load
-        metrics turns metrics off for good; a network error or 5xx is left to the
-        next poll (the last reading goes stale after ten polls, at least 1 s).
+        A 404, a load line that does not parse, or a page without a known engine's
+        load metrics turns metrics off for good (other lines are not read); a network
+        error or 5xx is left to the next poll (the last reading goes stale after ten
+        polls, at least 1 s).
         """
         if not self._enabled or client is None:
             return False
@@ -114,7 +140,7 @@ class UpstreamLoad:
             reason = f"HTTP {response.status_code}"
         else:
             try:
-                self._engine_load = vllm_load(parse_metrics(response.text))
+                self._engine_load = vllm_load(parse_metrics(load_lines(response.text)))
                 self._read_at = self._clock()
                 return True
             except (MetricsParseError, UnrecognizedMetrics) as exc:
