@@ -8,9 +8,11 @@ Three sources, each with its own freshness:
 
 Rules: a replica the controller lists but that has not reported yet is warm and idle
 if RUNNING, else cold with the cold start it has left; a replica that reports but the
-controller does not list yet is taken as reported. In-flight requests beyond what the
-replicas report (sent since their last report, or waiting at the handle for a replica
-to start) count as queued on the least loaded replicas.
+controller does not list yet is taken as reported. A replica that did report but has
+been silent for `SILENT_S` is lost (its node gone, its process hung), whatever the
+controller still says: no capacity, so the quote shows what replacing it costs. In-flight
+requests beyond what the replicas report (sent since their last report, or waiting at
+the handle for a replica to start) count as queued on the least loaded replicas.
 
 Scale-ups are anticipated: the autoscaler wants `ceil(ongoing / target_ongoing_requests)`
 replicas (within its bounds); if that, or the target the controller already set, is
@@ -30,6 +32,10 @@ from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.pricing.types import ClusterSnapshot, ModelLoad, ReplicaLoad
 
 UNAVAILABLE_STATUSES = frozenset({"DEPLOY_FAILED"})
+SILENT_S = 3.0
+"""A replica that reported before and not for this long is lost. Replicas report every
+100 ms and the registry drops a report after 1.5 s; the controller notices a lost node's
+replicas only after its own health checks, and lists them RUNNING meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +80,10 @@ def build_snapshot(
     deployments: Mapping[str, DeploymentInfo] | None,
     in_flight: Mapping[str, int],
     now: float,
+    last_seen: Mapping[str, float] | None = None,
 ) -> ClusterSnapshot:
     """The pricing snapshot of every model in `scaling`."""
-    bases = model_bases(scaling, reports, deployments, now)
+    bases = model_bases(scaling, reports, deployments, now, last_seen)
     return ClusterSnapshot(
         {
             model_id: model_load(bases[model_id], bounds, in_flight.get(model_id, 0))
@@ -90,8 +97,10 @@ def model_bases(
     reports: Iterable[ReplicaReport],
     deployments: Mapping[str, DeploymentInfo] | None,
     now: float,
+    last_seen: Mapping[str, float] | None = None,
 ) -> dict[str, ModelBase]:
-    """Per model in `scaling`, its replicas and averages without the in-flight count."""
+    """Per model in `scaling`, its replicas and averages without the in-flight count.
+    `last_seen`: replica id -> time of its latest report ever seen (silent replicas)."""
     by_model: dict[str, dict[str, ReplicaReport]] = {}
     for report in reports:
         by_model.setdefault(report.model_id, {})[report.replica_id] = report
@@ -99,7 +108,7 @@ def model_bases(
     for model_id, bounds in scaling.items():
         reported = by_model.get(model_id, {})
         deployment = None if deployments is None else deployments.get(model_id)
-        replicas = _replicas(reported, deployment, bounds.cold_start_s, now)
+        replicas = _replicas(reported, deployment, bounds.cold_start_s, now, last_seen or {})
         services = [r.mean_service_s for r in reported.values() if r.mean_service_s]
         running = [r.running_service_s for r in reported.values() if r.running_service_s]
         failures = [r.failure_rate for r in reported.values()]
@@ -171,6 +180,7 @@ def _replicas(
     deployment: DeploymentInfo | None,
     full_start_s: float,
     now: float,
+    last_seen: Mapping[str, float],
 ) -> list[_Replica]:
     replicas: list[_Replica] = []
     listed: set[str] = set()
@@ -178,8 +188,11 @@ def _replicas(
         for info in deployment.replicas:
             listed.add(info.replica_id)
             report = reported.get(info.replica_id)
+            seen = last_seen.get(info.replica_id)
             if report is not None:
                 replicas.append(_from_report(report, now))
+            elif seen is not None and now - seen > SILENT_S:
+                continue  # reported, then fell silent: lost
             elif info.state == "RUNNING":
                 replicas.append(_Replica(0, 0, True, 0.0))
             else:

@@ -49,6 +49,9 @@ class ClusterState:
         self._on_replicas = on_replicas
         """Called with a fresh snapshot after each replica refresh (metrics)."""
         self._reports: list[ReplicaReport] = []
+        self._last_seen: dict[str, float] = {}
+        """Replica id -> time of its latest report ever seen: a replica that falls
+        silent is lost (`snapshot.SILENT_S`). Kept while the controller lists it."""
         self._deployments: dict[str, DeploymentInfo] | None = None
         self._in_flight: Counter[str] = Counter()
         self._in_flight_s: defaultdict[str, float] = defaultdict(float)
@@ -82,11 +85,18 @@ class ClusterState:
 
     async def refresh_load(self) -> None:
         self._reports = await self._fetch_reports()
+        for report in self._reports:
+            seen = self._last_seen.get(report.replica_id, 0.0)
+            self._last_seen[report.replica_id] = max(seen, report.reported_at)
         self._cached = self._bases = None
         self.refreshed_at = (self._clock(), self.refreshed_at[1])
 
     async def refresh_replicas(self) -> None:
         self._deployments = await self._fetch_deployments()
+        listed = {r.replica_id for d in self._deployments.values() for r in d.replicas}
+        reporting = {r.replica_id for r in self._reports}
+        for replica_id in self._last_seen.keys() - listed - reporting:
+            del self._last_seen[replica_id]  # gone from the controller and the registry
         self._cached = self._bases = None
         self.refreshed_at = (self.refreshed_at[0], self._clock())
         if self._on_replicas is not None:
@@ -123,7 +133,7 @@ class ClusterState:
             return self._cached
         if self._bases is None:
             self._bases = model_bases(
-                self._scaling, self._reports, self._deployments, self._clock()
+                self._scaling, self._reports, self._deployments, self._clock(), self._last_seen
             )
             stale: Iterable[str] = self._scaling
         else:

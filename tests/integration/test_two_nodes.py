@@ -50,8 +50,15 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         timeout=SCENARIO_TIMEOUT_S,
         check=False,
     )
-    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
-    facts: dict[str, Any] = json.loads(result.read_text(encoding="utf-8"))
+    facts: dict[str, Any] = (
+        json.loads(result.read_text(encoding="utf-8")) if result.exists() else {}
+    )
+    seen_so_far = {k: v for k, v in facts.items() if k != "records"}
+    seen_so_far["answers"] = Counter(
+        (r["kind"], r["status"], r.get("model"), r.get("error_code"))
+        for r in facts.get("records", [])
+    ).most_common()
+    assert run.returncode == 0, json.dumps(seen_so_far, default=str)[-8000:]
     return facts
 
 
@@ -73,10 +80,10 @@ def test_requests_in_flight_on_the_lost_node_fail_cleanly_unbilled(seen: dict[st
     assert in_flight, seen["records"]
     failed = [r for r in in_flight if r["status"] == 502]
     assert failed, in_flight
-    assert {r["error_code"] for r in failed} == {"model_failed"}
-    assert all(r["billed_usd"] is None for r in failed)
+    assert {r.get("error_code") for r in failed} == {"model_failed"}
+    assert all(r.get("billed_usd") is None for r in failed)
     # Anything else in flight then waited for the node and was served by it.
-    assert all(r["status"] == 502 or r["model"] == "gpu" for r in in_flight), in_flight
+    assert all(r["status"] == 502 or r.get("model") == "gpu" for r in in_flight), in_flight
     statuses = Counter(r["status"] for r in seen["records"])
     assert set(statuses) <= {200, 429, 502}, statuses
 
@@ -98,12 +105,14 @@ def test_while_the_node_is_gone_the_model_quotes_cold_and_auto_reroutes(
     assert outage["quote_strict_gpu"]["decision"] == "throttle", context
 
     auto = by_kind["outage-auto"]
-    assert all(r["status"] == 200 and r["model"] == "backup" for r in auto), context
+    assert all(r["status"] == 200 and r.get("model") == "backup" for r in auto), context
     assert all(
-        r["status"] == 200 and r["model"] == "backup" and r["decision"] == "reroute"
+        r["status"] == 200 and r.get("model") == "backup" and r.get("decision") == "reroute"
         for r in by_kind["outage-gpu"]
     ), context
-    assert all(r["status"] == 429 and r["retry_after"] for r in by_kind["outage-strict"]), context
+    assert all(r["status"] == 429 and r.get("retry_after") for r in by_kind["outage-strict"]), (
+        context
+    )
 
 
 def test_the_node_returns_and_so_does_the_replica(seen: dict[str, Any]) -> None:
@@ -123,7 +132,7 @@ def test_billing_equals_the_answers_and_stripe_to_the_micro_dollar(seen: dict[st
         served = [r for r in records if r["status"] == 200]
         failed = [r for r in records if r["status"] == 502]
         usage = seen["usage"][plan]
-        answered = sum(_micro(r["billed_usd"]) for r in served)
+        answered = sum(_micro(r.get("billed_usd")) for r in served)
         assert _micro(usage["billed_usd"]) == answered, plan
         assert _micro(usage["synced_to_stripe_usd"]) == answered, plan
         assert emulator.get(customer, 0) == answered, plan

@@ -6,9 +6,10 @@ A Ray cluster of its own on this machine: a head (`ray start --head --block`, GC
 free port, never 6379; every other port free too; its own temp dir and auth token) with
 the custom resource `cpu_pool`, and a worker node (`ray start --address --block`) with
 `gpu_l4`, standing for a node with one L4 GPU. Each node is a process group this script
-owns: it is stopped by SIGKILL to that group (a node lost, not shut down), never by
-`ray stop`, which would stop every Ray on the machine. Leftover Ray workers are found by a
-marker in their environment and killed by PID.
+owns, and every process of it (Ray workers run in groups of their own) carries the node's
+mark in its environment: a node is stopped by SIGKILL to its group and to each marked
+PID (a node lost, not shut down), never by `ray stop`, which would stop every Ray on the
+machine.
 
 The nodes' environment has no STRIPE_API_KEY nor any rtcts setting: only this driver has
 them, and the app must carry them to its actors as arguments.
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -55,6 +57,8 @@ KEYS = {"flex": "2n-flex", "strict": "2n-strict", "premium": "2n-premium"}
 TENANTS = {"flex": "t2-flex", "strict": "t2-strict", "premium": "t2-premium"}
 MARKER = "RTCTS_TWO_NODES_TEST_RUN"
 """In the nodes' environment (and so their workers'): finds what is left to kill."""
+NODE_MARKER = "RTCTS_TWO_NODES_TEST_NODE"
+"""Which node (and which start of it) a process belongs to: a lost node loses them all."""
 NODE_HEALTH = {
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_timeout_ms": "1000",
@@ -62,6 +66,8 @@ NODE_HEALTH = {
 }
 """A lost node is declared dead in seconds, not Ray's default half minute."""
 RAY = Path(sys.executable).with_name("ray")
+CLIENT_TIMEOUT_S = 120.0
+"""Longer than any request waits here (a cold start, a node's return)."""
 
 
 def auth(plan: str) -> dict[str, str]:
@@ -117,12 +123,16 @@ class RayNode:
         command = [str(RAY), "start", "--block", "--disable-usage-stats", f"--temp-dir={temp}"]
         self.process = subprocess.Popen(
             [*command, *ports, *self.args],
-            env=self.env,
+            env={**self.env, NODE_MARKER: self.mark},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
+
+    @property
+    def mark(self) -> str:
+        return f"{self.env[MARKER]}-{self.name}{self.starts}"
 
     @property
     def log_path(self) -> Path:
@@ -147,17 +157,18 @@ class RayNode:
         raise RuntimeError(f"Ray node {self.name}: {tries} starts failed ({self.log_path})")
 
     def kill(self) -> None:
-        """SIGKILL the node's process group: the node is lost, its workers exit."""
+        """SIGKILL the node's process group and every process of the node (its Ray
+        workers run in groups of their own): the node is lost, as if powered off."""
         if self.process is None:
             return
         with contextlib.suppress(ProcessLookupError):  # the group may be gone already
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        kill_marked(NODE_MARKER, self.mark)
 
 
-def kill_leftovers(run: str) -> list[int]:
-    """SIGKILL every process whose environment carries this run's marker (Ray workers
-    run in process groups of their own); returns their PIDs."""
+def kill_marked(name: str, value: str) -> list[int]:
+    """SIGKILL every process whose environment has `name=value`; returns their PIDs."""
     killed = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -166,7 +177,7 @@ def kill_leftovers(run: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if f"{MARKER}={run}".encode() in environ.split(b"\0"):
+        if f"{name}={value}".encode() in environ.split(b"\0"):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
@@ -184,35 +195,36 @@ class Traffic:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
-    def call(self, kind: str, plan: str, payload: dict[str, Any], path: str = "chat") -> Any:
-        with httpx.Client(timeout=300) as client:
-            response = client.post(
-                f"{self.url}/v1/{'chat/completions' if path == 'chat' else path}",
-                json=payload,
-                headers=auth(plan),
-            )
+    def call(self, kind: str, plan: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion, recorded; a client timeout is recorded as status 0 (its
+        fate unknown: the billing checks then fail, as they should)."""
+        record: dict[str, Any] = {"kind": kind, "plan": plan, "requested": payload["model"]}
+        record["sent"] = time.monotonic()
         try:
-            data: Any = response.json()
-        except ValueError:
-            data = response.text
-        record = {
-            "kind": kind,
-            "plan": plan,
-            "requested": payload["model"],
-            "status": response.status_code,
-            "decision": response.headers.get("x-rtcts-decision"),
-            "model": response.headers.get("x-rtcts-model"),
-            "retry_after": response.headers.get("retry-after"),
-            "billed_usd": data.get("rtcts", {}).get("billed_usd")
-            if isinstance(data, dict)
-            else None,
-            "error_code": (data.get("error") or {}).get("code") if isinstance(data, dict) else None,
-            "at": time.monotonic(),
-        }
-        if path == "chat":
-            with self._lock:
-                self.records.append(record)
-        return data if path != "chat" else record
+            with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+                response = client.post(
+                    f"{self.url}/v1/chat/completions", json=payload, headers=auth(plan)
+                )
+        except httpx.TimeoutException:
+            record.update(status=0, error_code="client_timeout", at=time.monotonic())
+        else:
+            try:
+                data: Any = response.json()
+            except ValueError:
+                data = {}
+            data = data if isinstance(data, dict) else {}
+            record.update(
+                status=response.status_code,
+                decision=response.headers.get("x-rtcts-decision"),
+                model=response.headers.get("x-rtcts-model"),
+                retry_after=response.headers.get("retry-after"),
+                billed_usd=(data.get("rtcts") or {}).get("billed_usd"),
+                error_code=(data.get("error") or {}).get("code"),
+                at=time.monotonic(),
+            )
+        with self._lock:
+            self.records.append(record)
+        return record
 
     def loop(self, kind: str, plan: str, payload: dict[str, Any], stop: threading.Event) -> None:
         def run() -> None:
@@ -247,8 +259,23 @@ def quote(url: str, plan: str, model: str) -> dict[str, Any]:
 
 
 def main(result_path: Path) -> None:
-    run = secrets.token_hex(8)
+    """Run the scenario; write what was seen, also when it failed (with the error, and
+    the nodes' logs kept in their temp dir)."""
     root = Path(tempfile.mkdtemp(prefix="r2n", dir="/tmp"))
+    facts: dict[str, Any] = {"times": {}, "records": [], "root": str(root)}
+    try:
+        scenario(root, facts)
+    except BaseException:
+        facts["error"] = traceback.format_exc()
+        raise
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    finally:
+        result_path.write_text(json.dumps(facts, indent=1), encoding="utf-8")
+
+
+def scenario(root: Path, facts: dict[str, Any]) -> None:
+    run = secrets.token_hex(8)
     token = secrets.token_hex(32)
     node_env = {
         k: v
@@ -266,7 +293,6 @@ def main(result_path: Path) -> None:
     import ray  # after the auth variables: Ray reads them when it is imported
     from ray import serve
 
-    facts: dict[str, Any] = {"times": {}}
     t0 = time.monotonic()
 
     def mark(name: str) -> None:
@@ -294,7 +320,7 @@ def main(result_path: Path) -> None:
         root,
     )
     with ExitStack() as stack:
-        stack.callback(lambda: facts.setdefault("leftovers_killed", kill_leftovers(run)))
+        stack.callback(lambda: facts.setdefault("leftovers_killed", kill_marked(MARKER, run)))
         stack.callback(head.kill)
         stack.callback(worker.kill)
         redis = stack.enter_context(EmbeddedRedis(root / "redis"))
@@ -342,6 +368,7 @@ def main(result_path: Path) -> None:
         wait_for(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, "the worker joins", 90)
         mark("worker_up")
         traffic = Traffic(url)
+        facts["records"] = traffic.records  # the same list: filled as answers come
         first = traffic.call("warm-up", "premium", body("gpu", 8))
         facts["warm_up"] = first
         wait_for(lambda: gpu_live(url)["warm"] == 1, "gpu warm", 60)
@@ -372,7 +399,11 @@ def main(result_path: Path) -> None:
             "the worker is declared dead",
             60,
         )
-        wait_for(lambda: gpu_live(url)["warm"] == 0, "gpu not warm", 60)
+        wait_for(
+            lambda: quote(url, "flex", "gpu")["gpu"]["live"]["warm_replicas"] == 0,
+            "gpu quoted cold",
+            60,
+        )
         mark("outage_seen")
         facts["outage"] = {
             "quote_flex_gpu": quote(url, "flex", "gpu"),
@@ -430,10 +461,7 @@ def main(result_path: Path) -> None:
             - {None}
         )
         facts["expected_key"] = mask_key(stripe_key)
-        facts["records"] = traffic.records
         facts["tenants"] = TENANTS
-    result_path.write_text(json.dumps(facts, indent=1), encoding="utf-8")
-    shutil.rmtree(root, ignore_errors=True)  # kept when something failed: the nodes' logs
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ import pytest
 
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.cluster.serve_adapter import DeploymentInfo, ReplicaInfo
-from serve_app.cluster.snapshot import Scaling, build_snapshot, model_bases, model_load
+from serve_app.cluster.snapshot import (
+    SILENT_S,
+    Scaling,
+    build_snapshot,
+    model_bases,
+    model_load,
+)
 from serve_app.pricing.types import ClusterSnapshot, ModelLoad, ReplicaLoad
 
 NOW = 1_000.0
@@ -76,6 +82,24 @@ def _load(
 def test_running_replica_without_report_is_warm_and_idle() -> None:
     load = _load(deployments=_deployment(ReplicaInfo("a", "RUNNING", NOW - 100)))
     assert load.replicas == (WARM_IDLE,)
+
+
+def test_running_replica_silent_since_it_reported_is_lost_and_replaced_cold() -> None:
+    listed = _deployment(ReplicaInfo("a", "RUNNING", NOW - 100))
+    silent = build_snapshot(
+        _scaling(), [], listed, {}, NOW, last_seen={"a": NOW - SILENT_S - 0.1}
+    ).load("m")
+    assert silent.replicas == (FULL_COLD,)  # its node is gone: what a new one costs
+    lapse = build_snapshot(_scaling(), [], listed, {}, NOW, last_seen={"a": NOW - 2.0}).load("m")
+    assert lapse.replicas == (WARM_IDLE,)  # a report or two missed: still there
+
+
+def test_a_fresh_report_wins_over_an_earlier_silence() -> None:
+    listed = _deployment(ReplicaInfo("a", "RUNNING", NOW - 100))
+    load = build_snapshot(
+        _scaling(), [_report("a", 2)], listed, {}, NOW, last_seen={"a": NOW - 60}
+    ).load("m")
+    assert load.replicas == (ReplicaLoad(2, 0, True, 0.0),)
 
 
 def test_starting_replica_without_report_has_the_cold_start_left_since_it_started() -> None:

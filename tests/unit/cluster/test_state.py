@@ -109,6 +109,23 @@ def test_refresh_replicas_brings_controller_states_into_the_snapshot() -> None:
     assert state.refreshed_at == (0.0, NOW)
 
 
+def test_a_replica_that_falls_silent_is_lost_while_the_controller_still_lists_it() -> None:
+    state, reports, _, clock = _state()
+    asyncio.run(state.refresh_load())
+    asyncio.run(state.refresh_replicas())
+    assert state.snapshot().load("m").replicas[0] == ReplicaLoad(2, 1, True, 0.0)
+    reports.value = []  # "a" stops reporting (its node is lost); the controller lists it
+    clock.now += 4
+    asyncio.run(state.refresh_load())
+    asyncio.run(state.refresh_replicas())
+    # "a" is lost; "b" is still starting (10 + 4 s of 30 gone); the target of 2 wants
+    # one more, cold from the start.
+    assert state.snapshot().load("m").replicas == (
+        ReplicaLoad(0, 0, False, 16.0),
+        ReplicaLoad(0, 0, False, 30.0),
+    )
+
+
 def test_refresh_times_follow_the_clock() -> None:
     state, _, _, clock = _state()
     asyncio.run(state.refresh_load())
