@@ -102,7 +102,9 @@ def estimate(
     # Incremental: on an idle replica the time is paid anyway; a busy batch finishes
     # later by the prefill and by α/r1 per output token; forced capacity is added.
     incremental = model.usd_per_s * (prefill_s + output_tokens * alpha / r1) if batch else 0.0
-    if full:
+    if full and len(load.replicas) < model.max_replicas:
+        # Only a scale-up the autoscaler can still make is forced into existence; at
+        # max_replicas the request just queues (its wait is in the latency, not the cost).
         incremental += model.forced_capacity_share_usd
     failure_rate = load.failure_rate
     if failure_rate > 0:

@@ -276,7 +276,7 @@ def _duplicate_key(d: dict[str, Any]) -> None:
         (lambda d: d["routes"].update(empty=[]), "routes.empty", "alias lists no model"),
         (
             _duplicate_model,
-            "models[3].id",
+            "models[4].id",  # appended after the four models of the default policy
             "duplicate model id 'llama-3.1-8b' (first at models[0])",
         ),
         (

@@ -112,7 +112,12 @@ def test_hash_api_key_is_lowercase_sha256_hex() -> None:
 
 def test_default_policy_validates(default_data: dict[str, Any]) -> None:
     policy = Policy.model_validate(default_data)
-    assert [m.id for m in policy.models] == ["llama-3.1-8b", "qwen2.5-32b", "llama-3.1-70b"]
+    assert [m.id for m in policy.models] == [
+        "llama-3.1-8b",
+        "qwen2.5-32b",
+        "llama-3.1-70b",
+        "bge-m3",
+    ]
     assert set(policy.routes) == {"auto", "economy", "premium"}
     basic, pro = policy.plans
     assert basic.prices_by_model["llama-3.1-8b"].input_usd_per_1m_tokens == Decimal("0.15")

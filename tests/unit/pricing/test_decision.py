@@ -30,7 +30,13 @@ CARD = {"input_usd_per_1m_tokens": 0.5, "output_usd_per_1m_tokens": 5}
 TIERS_1_TO_3 = {1: CARD, 2: CARD, 3: CARD}
 POLICY = policy_dict(
     models=[
-        model_dict("small", quality_tier=1, usd_per_hour=1.0, cold_start_s=10),
+        model_dict(
+            "small",
+            quality_tier=1,
+            usd_per_hour=1.0,
+            cold_start_s=10,
+            autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
+        ),
         model_dict("mid", quality_tier=2, usd_per_hour=1.5, cold_start_s=10),
         model_dict("big", quality_tier=3, usd_per_hour=8.0, cold_start_s=60),
     ],
