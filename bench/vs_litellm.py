@@ -1223,7 +1223,7 @@ def start_systems(
         info["rtcts_public_port"] = next(
             (
                 line.split(":", 1)[1].strip()
-                for line in rtcts.tail(40).splitlines()
+                for line in rtcts.tail(10_000).splitlines()
                 if "public port:" in line
             ),
             "?",
