@@ -184,6 +184,17 @@ def _start_and_serve(
         progress.done("Redis", since, "embedded, loopback only, password-protected")
         stopper.check()
 
+    # Serve reads these when it is imported (ray/serve/_private/constants.py), in this
+    # driver as in every process the Ray it starts spawns: set them before `import ray`,
+    # or handles bound here keep actor calls instead of fast mode's gRPC.
+    if settings.fast_mode and settings.ray_address is None:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    public = plan_public_port(settings)
+    os.environ.update(public.env)  # Serve's HAProxy mode
+    if public.state_dir is not None:
+        started.add_path(public.state_dir)
+        reaper.remove_later(public.state_dir)
+
     since = progress.now()
     import ray
     from ray import serve
@@ -195,14 +206,6 @@ def _start_and_serve(
         emulator.wait_ready()
         progress.done("Stripe emulator", emulator_since, stripe_base or "")
         stopper.check()
-
-    if settings.fast_mode and settings.ray_address is None:
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by the Ray it starts
-    public = plan_public_port(settings)
-    os.environ.update(public.env)  # read by the Ray it starts (Serve's HAProxy mode)
-    if public.state_dir is not None:
-        started.add_path(public.state_dir)
-        reaper.remove_later(public.state_dir)
 
     since = progress.now()
     if settings.ray_address is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.chromium import Chromium, Page, chromium_binary, png_pixels
 from tests.integration.rtcts_process import ADMIN_KEY, BIN, ROOT, rtcts_run
@@ -27,7 +28,7 @@ pytestmark = [
         reason="Debian's chromium is not installed (apt-get install -y chromium)",
     ),
 ]
-WIDTH, HEIGHT = 1400, 1800
+WIDTH, HEIGHT = 1400, 2400
 REFRESH_S = 3.0
 CHARTS = """[...document.querySelectorAll('svg.chart')].map((svg) => {
   const r = svg.getBoundingClientRect();
@@ -113,8 +114,9 @@ def test_the_dashboard_draws_live_plots_under_demo_load(tmp_path: Path) -> None:
     labels = set(first)
     assert labels == set(second)
     # Per model: the realized margin and the live queue/batch/replicas; per plan: the
-    # decisions and the money; billing lag: 3 models x 2 + 2 plans x 2 + 1.
-    assert len(labels) == 11, labels
+    # decisions and the money; and the billing lag.
+    policy = yaml.safe_load((ROOT / "policies" / "default.yaml").read_text())
+    assert len(labels) == 2 * len(policy["models"]) + 2 * len(policy["plans"]) + 1, labels
     for label in labels:
         place, png = second[label]
         assert png_pixels(png)[0] >= 300, label

@@ -78,10 +78,13 @@ def test_a_killed_parent_leaves_nothing_behind(tmp_path: Path) -> None:
 
 CHILD_PARENT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     from serve_app.local.redis_server import EmbeddedRedis
 
+    # Like `rtcts run`, the parent handles Ctrl-C itself (and would stop Redis in order);
+    # a Python handler, unlike SIG_IGN, is not inherited by the exec'd server.
+    signal.signal(signal.SIGINT, lambda *_: None)
     server = EmbeddedRedis(Path(sys.argv[1])).start()
     print(server.pid, flush=True)
     time.sleep(120)
@@ -105,7 +108,8 @@ def test_the_embedded_redis_dies_with_a_killed_parent_and_ignores_its_group(
     assert os.getpgid(pid) != os.getpgid(parent.pid)  # a Ctrl-C reaches rtcts only
     os.killpg(parent.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
     time.sleep(0.3)
-    assert table.start_time(pid) is not None
+    assert parent.poll() is None  # the parent handled it
+    assert table.start_time(pid) is not None  # and the server never saw it
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     _gone_within(lambda: table.start_time(pid) is not None)

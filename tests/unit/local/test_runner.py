@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 
 from serve_app.errors import LocalServiceError
 from serve_app.local import stopping
+from serve_app.local.child import free_port
 from serve_app.local.runner import Running, _cold_start_notes, _require_free_port, banner
 from serve_app.local.stopping import Stopper, StopRequested
 from serve_app.policy import load_policy_file
@@ -111,3 +114,36 @@ def test_cold_start_lines_give_the_policy_figure_and_the_simulated_one() -> None
     notes = _cold_start_notes(loaded, time_scale=1.0, cold_start_scale=0.05)
     assert notes["qwen2.5-32b"] == " (cold start 60 s, simulated in 3.0 s)"
     assert _cold_start_notes(loaded, time_scale=1.0, cold_start_scale=1.0) == {}
+
+
+SPY = """
+import os, sys
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray":
+            print("ray imported with", os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED"),
+                  flush=True)
+            raise ImportError("stop here: the test is over")
+        return None
+
+sys.meta_path.insert(0, Spy())
+from serve_app.cli import main
+main(["run"])
+"""
+
+
+def test_fast_mode_is_set_before_ray_is_imported(tmp_path: Path) -> None:
+    """Serve reads RAY_SERVE_THROUGHPUT_OPTIMIZED when it is imported: set later, the
+    driver binds handles with actor calls, not gRPC (half the speed, issue #13)."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "RTCTS_DATA_DIR": str(tmp_path),
+        "REDIS_URL": "redis://127.0.0.1:1/0",  # never reached: Ray's import stops the run
+        "STRIPE_API_KEY": "sk_test_unused",
+        "RTCTS_HTTP_PORT": str(free_port()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SPY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert "ray imported with 1" in done.stdout, done.stdout + done.stderr
