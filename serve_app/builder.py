@@ -1,4 +1,5 @@
-"""`build_app(args)`: validate, then bind one ingress and one deployment per model.
+"""`build_app(args)`: validate, then bind one ingress and one deployment per model
+(but an `openai_upstream` server the ingress calls itself: `dispatch`, models/direct.py).
 
 It is the import path for `serve run` / `serve deploy` (`serve_app.builder:build_app`,
 see serve_config.yaml) and what `rtcts run` and the tests deploy.
@@ -215,6 +216,7 @@ def build_app(args: dict[str, Any] | AppArgs) -> Application:
             cold_start_scale=app_args.cold_start_scale,
         )
         for spec in loaded.policy.models
+        if not spec.dispatched_from_ingress  # the ingress calls those itself (direct.py)
     }
     ingress = Ingress.options(  # type: ignore[attr-defined]
         num_replicas=app_args.ingress_replicas,

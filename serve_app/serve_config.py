@@ -43,6 +43,7 @@ def serve_config(loaded: LoadedPolicy, settings: Settings) -> dict[str, Any]:
                         if k != "ray_actor_options"
                     }
                     for spec in loaded.policy.models
+                    if not spec.dispatched_from_ingress  # no deployment: the ingress calls it
                 ],
             }
         ],

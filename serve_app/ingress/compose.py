@@ -42,6 +42,7 @@ from serve_app.metering.meter import MemorySink, MeterSink
 from serve_app.metering.stream import MeterStreamWriter
 from serve_app.metering.stripe_sink import StripeSink
 from serve_app.metering.view import BillingView
+from serve_app.models.direct import DirectModels
 from serve_app.policy import LoadedPolicy, load_policy_dict
 from serve_app.pricing import ClusterSnapshot
 from serve_app.redis_client import redis_client
@@ -111,11 +112,15 @@ class Platform:
     metrics: Metrics
     start_aggregators: Callable[[AggregatorConfig], object]
     clock: Callable[[], float] = time.time
+    replica_id: str = "ingress"
+    """This ingress replica's id (names the upstreams it calls itself)."""
 
 
 def ray_platform(app_name: str) -> Platform:
     """The real platform: the load registry actor, the Serve controller, Ray metrics and
     the detached aggregator actors."""
+    from ray import serve
+
     from serve_app.cluster.registry import get_or_create_registry
     from serve_app.cluster.serve_adapter import ServeControllerAdapter
     from serve_app.metering.aggregator import ensure_aggregators
@@ -134,6 +139,7 @@ def ray_platform(app_name: str) -> Platform:
         ServeControllerAdapter(app_name).deployments,
         RayMetrics(),
         ensure_aggregators,
+        replica_id=serve.get_replica_context().replica_id.unique_id,
     )
 
 
@@ -151,9 +157,12 @@ class IngressParts:
     reloader: PolicyReloader | None = None
     figures: LiveFigures | None = None
     """The dashboard's live figures (`figures.py`), also the metrics the request path uses."""
+    direct: DirectModels = field(default_factory=lambda: DirectModels({}))
+    """The upstreams this replica calls itself (`dispatch: ingress`)."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
+        self.direct.start()
         self.state.start()
         if self.writer is not None:
             self.writer.start()
@@ -173,6 +182,7 @@ class IngressParts:
         for task in self._tasks:
             task.cancel()
         await self.state.stop()
+        await self.direct.stop()
         if self.writer is not None:
             await self.writer.stop()  # flushes every buffered meter (or spools it)
 
@@ -200,6 +210,18 @@ def compose(
         metrics.live_state(snapshot)
         windows.replicas(snapshot)
 
+    # Upstreams called from here: their reports and listing join the registry's and the
+    # controller's, and their handles the deployments' (`models/direct.py`).
+    direct = DirectModels.of(loaded.policy.models, platform.replica_id)
+
+    async def fetch_reports() -> list[ReplicaReport]:
+        return direct.reports(await platform.fetch_reports())
+
+    async def fetch_deployments() -> dict[str, DeploymentInfo]:
+        return direct.deployments(await platform.fetch_deployments())
+
+    handles = {**handles, **direct.handles()}
+
     state = ClusterState(
         {
             m.id: Scaling(
@@ -210,8 +232,8 @@ def compose(
             )
             for m in loaded.policy.models
         },
-        platform.fetch_reports,
-        platform.fetch_deployments,
+        fetch_reports,
+        fetch_deployments,
         clock=platform.clock,
         on_replicas=on_replicas,
     )
@@ -276,4 +298,6 @@ def compose(
     if args.policy_path is not None and Path(args.policy_path).is_file():
         reloader = PolicyReloader(Path(args.policy_path), loaded, apply)
     figures.bind(lambda: views.book, state, billing_view)
-    return IngressParts(service, views, state, sink, writer, args.billing, reloader, figures)
+    return IngressParts(
+        service, views, state, sink, writer, args.billing, reloader, figures, direct
+    )

@@ -12,17 +12,11 @@ progress in policy seconds, from the policy's full `cold_start_s` down to 0.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
-from serve_app.cluster.registry import get_or_create_registry
-from serve_app.cluster.reports import ReplicaReport
 from serve_app.models.backend import (
     Backend,
     Completion,
@@ -33,19 +27,11 @@ from serve_app.models.backend import (
     GenerationRequest,
     RequestRejected,
 )
+from serve_app.models.reporter import REPORT_PERIOD_S, ReplicaReporter, registry_sends
 from serve_app.models.simulated import DEFAULT_NATURAL_OUTPUT_TOKENS, SimulatedLLM
-from serve_app.models.stats import (
-    ServiceStats,
-    running_service_estimate,
-    service_time_estimate,
-)
 from serve_app.models.upstream import OpenAIUpstream
 from serve_app.policy.schema import BackendKind, ModelSpec
 from serve_app.pricing.book import ModelProfile
-
-logger = logging.getLogger("rtcts.models")
-
-REPORT_PERIOD_S = 0.1
 
 
 def make_backend(
@@ -87,121 +73,48 @@ class ModelServer:
             failure_rate=failure_rate,
             natural_output=natural_output,
         )
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._time_scale = time_scale
-        self._cold_start_scale = cold_start_scale
-        self._created = time.monotonic()
-        self._warm = False
-        self._stats = ServiceStats()
-        self._running: dict[str, float] = {}
-        """Start time of each request in this replica, by request id."""
-        self._registry = get_or_create_registry()
-        self._period_s = report_period_s
-        self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
-        await self._backend.start()
-        self._warm = True
-        self._report()
+        send, withdraw = registry_sends()
+        self._reporter = ReplicaReporter(
+            model_id=self._spec.id,
+            replica_id=serve.get_replica_context().replica_id.unique_id,
+            send=send,
+            withdraw=withdraw,
+            load=self._backend.load,
+            cold_start_s=self._spec.cold_start_s,
+            time_scale=time_scale,
+            cold_start_scale=cold_start_scale,
+            period_s=report_period_s,
+        )
+        self._reporter.start()
+        try:
+            await self._backend.start()
+        except BaseException:
+            self._reporter.stop()
+            raise
+        self._reporter.warm()
 
     async def generate(self, request: GenerationRequest) -> Completion:
-        started = time.monotonic()
-        self._running[request.request_id] = started
-        try:
-            completion = await self._backend.generate(request)
-        except RequestRejected:
-            raise  # the client's invalid request: no failure of the model
-        except Exception:
-            self._stats.record(False, time.monotonic() - started)
-            raise
-        # A cancel (the client left) is no failure of the model: not recorded, so a
-        # tenant who hangs up cannot raise the failure rate everyone's cost carries.
-        finally:
-            self._running.pop(request.request_id, None)
-        self._stats.record(True, completion.total_s)
-        return completion
+        with self._reporter.serving(request.request_id):
+            return await self._backend.generate(request)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        started = time.monotonic()
-        self._running[request.request_id] = started
-        outcome: bool | None = None  # None: cancelled (the client left), not recorded
-        try:
+        with self._reporter.serving(request.request_id):
             async for delta in self._backend.stream(request):
                 yield delta
-            outcome = True
-        except RequestRejected:
-            raise  # the client's invalid request: no failure of the model
-        except Exception:
-            outcome = False
-            raise
-        finally:
-            self._running.pop(request.request_id, None)
-            if outcome is not None:
-                self._stats.record(outcome, time.monotonic() - started)
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         """Embed with the backend (the ingress sends embeddings only to a model whose
         capabilities include them)."""
         if not isinstance(self._backend, Embedder):
             raise RequestRejected(f"model {self._spec.id} does not serve embeddings")
-        started = time.monotonic()
-        self._running[request.request_id] = started
-        try:
-            embeddings = await self._backend.embed(request)
-        except RequestRejected:
-            raise
-        except Exception:
-            self._stats.record(False, time.monotonic() - started)
-            raise
-        finally:
-            self._running.pop(request.request_id, None)
-        self._stats.record(True, embeddings.total_s)
-        return embeddings
+        with self._reporter.serving(request.request_id):
+            return await self._backend.embed(request)
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy."""
-        if self._reporter.done() and not self._reporter.cancelled():
+        if not self._reporter.healthy():
             raise RuntimeError("load reporter stopped")
 
     async def __del__(self) -> None:
-        self._reporter.cancel()
-        with contextlib.suppress(Exception):
-            self._registry.forget.remote(self._replica_id)
+        self._reporter.stop()
         await self._backend.close()
-
-    async def _report_forever(self) -> None:
-        while True:
-            try:
-                self._report()
-            except Exception:  # a registry hiccup must not kill the replica
-                logger.warning("load report failed", exc_info=True)
-            await asyncio.sleep(self._period_s)
-
-    def _report(self) -> None:
-        load = self._backend.load()
-        warm = self._warm and load.warm
-        # Reports speak policy seconds: a simulation at time_scale 0.1 runs 10x faster,
-        # and a cold start shortened by cold_start_scale counts down the policy's full one.
-        scale = self._time_scale or 1.0
-        start_remaining = 0.0
-        if not warm:
-            start_scale = scale * (self._cold_start_scale or 1.0)
-            elapsed = (time.monotonic() - self._created) / start_scale
-            start_remaining = max(0.0, self._spec.cold_start_s - elapsed)
-        now = time.monotonic()
-        ages = [now - t for t in self._running.values()]
-        service_s = service_time_estimate(self._stats.mean_service_s, ages)
-        running_s = running_service_estimate(ages)
-        self._registry.report.remote(
-            ReplicaReport(
-                model_id=self._spec.id,
-                replica_id=self._replica_id,
-                running=load.running,
-                queued=load.queued,
-                warm=warm,
-                start_remaining_s=start_remaining,
-                reported_at=time.time(),
-                mean_service_s=None if service_s is None else service_s / scale,
-                failure_rate=self._stats.failure_rate,
-                kv_cache_usage=load.kv_cache_usage,
-                running_service_s=None if running_s is None else running_s / scale,
-            )
-        )

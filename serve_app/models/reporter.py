@@ -4,12 +4,14 @@
 the requests in flight (with their start times), the recent service times and
 failures (`ServiceStats`), warmth and the progress of the cold start, and sends a
 `ReplicaReport` built from them and from the engine's `LoadReport` (the `load`
-callable) to the registry actor. Reports speak policy seconds: a simulation at
-`time_scale` 0.1 runs 10x faster, and a cold start shortened by `cold_start_scale`
-counts down the policy's full `cold_start_s`.
+callable) with `send`: to the registry actor from a model replica
+(`registry_sends()`), to the ingress's own table for a model the ingress calls itself
+(`direct.py`). Reports speak policy seconds: a simulation at `time_scale` 0.1 runs 10x
+faster, and a cold start shortened by `cold_start_scale` counts down the policy's full
+`cold_start_s`.
 
-The Ray Serve LLM deployment (`ray_llm/server.py`) uses it; `deployment.py` keeps the
-same logic inline.
+Used by the model deployment (`deployment.py`), the Ray Serve LLM deployment
+(`ray_llm/server.py`) and the in-ingress upstream (`direct.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from serve_app.cluster.reports import ReplicaReport
 from serve_app.models.backend import LoadReport, RequestRejected
@@ -29,7 +30,7 @@ from serve_app.models.stats import (
     service_time_estimate,
 )
 
-__all__ = ["REPORT_PERIOD_S", "ReplicaReporter"]
+__all__ = ["REPORT_PERIOD_S", "ReplicaReporter", "registry_sends"]
 
 logger = logging.getLogger("rtcts.models")
 
@@ -37,14 +38,15 @@ REPORT_PERIOD_S = 0.1
 
 
 class ReplicaReporter:
-    """Live state of one replica, pushed to the load registry (fire and forget)."""
+    """Live state of one replica, pushed where `send` puts it (fire and forget)."""
 
     def __init__(
         self,
         *,
         model_id: str,
         replica_id: str,
-        registry: Any,
+        send: Callable[[ReplicaReport], object],
+        withdraw: Callable[[str], object],
         load: Callable[[], LoadReport],
         cold_start_s: float,
         time_scale: float = 1.0,
@@ -55,7 +57,8 @@ class ReplicaReporter:
     ) -> None:
         self._model_id = model_id
         self._replica_id = replica_id
-        self._registry = registry
+        self._send = send
+        self._withdraw = withdraw
         self._load = load
         self._cold_start_s = cold_start_s
         self._time_scale = time_scale or 1.0
@@ -90,11 +93,11 @@ class ReplicaReporter:
         return task is None or not task.done() or task.cancelled()
 
     def stop(self) -> None:
-        """Stop reporting and take this replica off the registry."""
+        """Stop reporting and take this replica off the table it reports to."""
         if self._task is not None:
             self._task.cancel()
         with contextlib.suppress(Exception):
-            self._registry.forget.remote(self._replica_id)
+            self._withdraw(self._replica_id)
 
     @contextlib.contextmanager
     def serving(self, request_id: str) -> Iterator[None]:
@@ -132,7 +135,7 @@ class ReplicaReporter:
         ages = [now - t for t in self._running.values()]
         service_s = service_time_estimate(self._stats.mean_service_s, ages)
         running_s = running_service_estimate(ages)
-        self._registry.report.remote(
+        self._send(
             ReplicaReport(
                 model_id=self._model_id,
                 replica_id=self._replica_id,
@@ -155,3 +158,11 @@ class ReplicaReporter:
             except Exception:  # a registry hiccup must not kill the replica
                 logger.warning("load report failed", exc_info=True)
             await asyncio.sleep(self._period_s)
+
+
+def registry_sends() -> tuple[Callable[[ReplicaReport], object], Callable[[str], object]]:
+    """`send` and `withdraw` to the cluster's load registry actor (in a model replica)."""
+    from serve_app.cluster.registry import get_or_create_registry
+
+    registry = get_or_create_registry()
+    return registry.report.remote, registry.forget.remote

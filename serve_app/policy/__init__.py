@@ -10,6 +10,7 @@ from serve_app.policy.loader import (
 from serve_app.policy.schema import (
     Autoscaling,
     BackendKind,
+    Dispatch,
     InfeasibleAction,
     Limits,
     ModelSpec,
@@ -24,6 +25,7 @@ from serve_app.policy.schema import (
 __all__ = [
     "Autoscaling",
     "BackendKind",
+    "Dispatch",
     "InfeasibleAction",
     "Limits",
     "LoadedPolicy",

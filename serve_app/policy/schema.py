@@ -65,6 +65,15 @@ class BackendKind(str, Enum):
     RAY_SERVE_LLM = "ray_serve_llm"
 
 
+class Dispatch(str, Enum):
+    """Where a model's requests are sent from."""
+
+    DEPLOYMENT = "deployment"
+    """A Serve deployment of the model, its replicas autoscaled (the engine runs there)."""
+    INGRESS = "ingress"
+    """The ingress calls the model's server itself (openai_upstream only): one hop less."""
+
+
 class InfeasibleAction(str, Enum):
     """What to try when the requested model (or no candidate) meets the SLA and margin floor."""
 
@@ -206,6 +215,13 @@ class ModelSpec(StrictModel):
         default=None,
         description="The Ray Serve LLM deployment's LLMConfig fields (backend ray_serve_llm only).",
     )
+    dispatch: Dispatch | None = Field(
+        default=None,
+        description="Where requests go from: 'ingress' (the ingress calls an "
+        "openai_upstream server itself, one hop less; the server is one fixed replica, so "
+        "autoscaling stays at 1) or 'deployment' (a Serve deployment between, autoscaled). "
+        "Unset: ingress for openai_upstream, deployment otherwise.",
+    )
     accelerator: str = Field(
         min_length=1, description="Accelerators of one replica, for people (e.g. '1x NVIDIA L4')."
     )
@@ -253,6 +269,13 @@ class ModelSpec(StrictModel):
     )
 
     @property
+    def dispatched_from_ingress(self) -> bool:
+        """True when the ingress calls the model's server itself (no Serve deployment)."""
+        if self.dispatch is None:
+            return self.backend is BackendKind.OPENAI_UPSTREAM
+        return self.dispatch is Dispatch.INGRESS
+
+    @property
     def capability_set(self) -> frozenset[Capability]:
         """What the model serves: its `capabilities`, else its backend's default."""
         return capabilities_of(self.backend.value, self.capabilities)
@@ -281,6 +304,16 @@ class ModelSpec(StrictModel):
             raise ValueError("upstream_url is required for, and only for, backend openai_upstream")
         if (self.backend is BackendKind.RAY_SERVE_LLM) != (self.ray_serve_llm is not None):
             raise ValueError("ray_serve_llm is required for, and only for, backend ray_serve_llm")
+        if self.dispatch is Dispatch.INGRESS and self.backend is not BackendKind.OPENAI_UPSTREAM:
+            raise ValueError("dispatch 'ingress' is for openai_upstream models only")
+        if self.dispatched_from_ingress and (
+            self.autoscaling.min_replicas,
+            self.autoscaling.max_replicas,
+        ) != (1, 1):
+            raise ValueError(
+                "an upstream the ingress calls itself is one fixed server: autoscaling "
+                "min_replicas and max_replicas are 1 (or set dispatch: deployment)"
+            )
         if self.ray_serve_llm is not None:
             self._engine_agrees(self.ray_serve_llm.engine_kwargs)
         return self

@@ -4,8 +4,10 @@ each billed at the price its engine-reported usage implies.
 
 One app beside the session's main one (its own name, route prefix, Redis and Stripe
 emulator), serving two backends:
-- `openai_upstream` models (`up-chat`, `up-embed`) on a small local OpenAI-compatible
-  server (tests/openai_server.py), whose token counts are its own;
+- `openai_upstream` models on a small local OpenAI-compatible server
+  (tests/openai_server.py), whose token counts are its own: `up-chat`, `up-embed` called
+  by the ingress itself (the default dispatch), `ud-chat`, `ud-embed` through a Serve
+  deployment (`dispatch: deployment`);
 - `ray_serve_llm` models (`llm-chat`, `llm-embed`): Ray Serve LLM's `LLMServer` with the
   simulated engine.
 Each test runs on both. Prices (micro-USD per token): 5 in, 50 out, 20 per token
@@ -36,7 +38,10 @@ APP_NAME = "rtcts-surface-it"
 PREFIX = "/surface-it"
 KEY = "it-surface"
 IN_MICRO, OUT_MICRO, EMBED_MICRO = 5, 50, 20
-BACKENDS = ("openai_upstream", "ray_serve_llm")
+BACKENDS = ("openai_upstream", "upstream_via_deployment", "ray_serve_llm")
+"""`openai_upstream` called by the ingress itself (its default dispatch), the same through
+a Serve deployment (`dispatch: deployment`), and Ray Serve LLM."""
+NAMES = {"openai_upstream": "up", "upstream_via_deployment": "ud", "ray_serve_llm": "llm"}
 WEATHER = {
     "type": "function",
     "function": {
@@ -71,7 +76,9 @@ def _model(model_id: str, backend: str, upstream: str, **extra: Any) -> dict[str
         "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 8},
         **extra,
     }
-    if backend == "openai_upstream":
+    if backend == "upstream_via_deployment":
+        spec.update(backend="openai_upstream", dispatch="deployment")
+    if spec["backend"] == "openai_upstream":
         spec["upstream_url"] = upstream
     else:
         spec["ray_serve_llm"] = {"engine": "simulated", "stream_batching_interval_ms": 0}
@@ -83,10 +90,12 @@ def _policy(upstream: str) -> dict[str, Any]:
     return {
         "version": "it-surface-1",
         "models": [
-            _model("up-chat", "openai_upstream", upstream),
-            _model("up-embed", "openai_upstream", upstream, **embed),
-            _model("llm-chat", "ray_serve_llm", upstream),
-            _model("llm-embed", "ray_serve_llm", upstream, **embed),
+            model
+            for backend in BACKENDS
+            for model in (
+                _model(_chat_model(backend), backend, upstream),
+                _model(_embed_model(backend), backend, upstream, **embed),
+            )
         ],
         "plans": [
             {
@@ -95,7 +104,7 @@ def _policy(upstream: str) -> dict[str, Any]:
                     1: {"input_usd_per_1m_tokens": IN_MICRO, "output_usd_per_1m_tokens": OUT_MICRO}
                 },
                 "embedding_prices_by_model": {
-                    m: {"input_usd_per_1m_tokens": EMBED_MICRO} for m in ("up-embed", "llm-embed")
+                    _embed_model(b): {"input_usd_per_1m_tokens": EMBED_MICRO} for b in BACKENDS
                 },
                 "margin_floor": 0.2,
                 "on_infeasible": ["reroute", "accept"],
@@ -158,7 +167,7 @@ def surface(ray_serve: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         serve.run(app, name=APP_NAME, route_prefix=PREFIX)
         url = f"{ray_serve}{PREFIX}"
         try:
-            wait_until(lambda: _warm(url) == 4, 180)
+            wait_until(lambda: _warm(url) == 2 * len(BACKENDS), 180)
             yield Surface(url, upstream)
         finally:
             serve.delete(APP_NAME)
@@ -189,11 +198,11 @@ def _auth() -> dict[str, str]:
 
 
 def _chat_model(backend: str) -> str:
-    return "up-chat" if backend == "openai_upstream" else "llm-chat"
+    return f"{NAMES[backend]}-chat"
 
 
 def _embed_model(backend: str) -> str:
-    return "up-embed" if backend == "openai_upstream" else "llm-embed"
+    return f"{NAMES[backend]}-embed"
 
 
 def _billed(answer: Any) -> Decimal:
@@ -366,6 +375,22 @@ def test_embeddings_with_the_sdk(surface: Surface, backend: str) -> None:
         assert _billed(answer) == surface.expect(answer.usage.prompt_tokens, 0, embedding=True)
     if backend == "openai_upstream":
         assert surface.upstream.last("/v1/embeddings")["input"] == inputs
+
+
+def test_the_ingress_calls_an_upstream_itself_unless_told_otherwise(surface: Surface) -> None:
+    """`up-*` have no Serve deployment: the ingress is their one replica, warm, with the
+    requests it has in flight; `ud-*` (dispatch: deployment) have their own."""
+    from ray import serve
+
+    deployments = serve.status().applications[APP_NAME].deployments
+    assert not {"up-chat", "up-embed"} & deployments.keys()
+    assert {"ud-chat", "ud-embed", "llm-chat", "llm-embed"} <= deployments.keys()
+    models = httpx.get(f"{surface.url}/v1/cluster", headers=_auth(), timeout=5).json()["models"]
+    (replica,) = models["up-chat"]["replicas"]
+    assert replica["replica_id"].startswith("up-chat@")
+    assert replica["warm"]
+    assert models["up-chat"]["running_replicas"] == 1
+    assert not models["ud-chat"]["replicas"][0]["replica_id"].startswith("ud-chat@")
 
 
 def test_every_field_reaches_the_upstream_server(surface: Surface) -> None:

@@ -29,7 +29,6 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.cluster.registry import get_or_create_registry
 from serve_app.models.backend import (
     Completion,
     Delta,
@@ -43,7 +42,7 @@ from serve_app.models.ray_llm.engine import simulated_engine
 from serve_app.models.ray_llm.engine_load import EngineLoad, InProcessMetrics
 from serve_app.models.ray_llm.protocol import serve_llm
 from serve_app.models.ray_llm.spec import llm_config
-from serve_app.models.reporter import REPORT_PERIOD_S, ReplicaReporter
+from serve_app.models.reporter import REPORT_PERIOD_S, ReplicaReporter, registry_sends
 from serve_app.policy.schema import LLMEngineKind, ModelSpec
 
 __all__ = ["RayLLMServer"]
@@ -83,10 +82,12 @@ class RayLLMServer(LLMServer):  # type: ignore[misc]  # Ray's class is untyped h
         config = llm_config(model)
         self._served_model = str(config.model_id)
         self._engine_load = EngineLoad(None if simulated else InProcessMetrics())
+        send, withdraw = registry_sends()
         self._reporter = ReplicaReporter(
             model_id=model.id,
             replica_id=serve.get_replica_context().replica_id.unique_id,
-            registry=get_or_create_registry(),
+            send=send,
+            withdraw=withdraw,
             load=self._live_load,
             cold_start_s=model.cold_start_s,
             time_scale=time_scale if simulated else 1.0,

@@ -303,7 +303,8 @@ def test_the_reporter_counts_down_the_policys_cold_start_then_reports_the_engine
     reporter = ReplicaReporter(
         model_id="rsl",
         replica_id="r1",
-        registry=registry,
+        send=registry.report.remote,
+        withdraw=registry.forget.remote,
         load=lambda: load,
         cold_start_s=30,
         time_scale=0.1,
@@ -327,7 +328,8 @@ def test_the_reporter_counts_requests_and_failures_but_not_cancels() -> None:
     reporter = ReplicaReporter(
         model_id="m",
         replica_id="r1",
-        registry=registry,
+        send=registry.report.remote,
+        withdraw=registry.forget.remote,
         load=lambda: LoadReport(running=0, queued=0, warm=True),
         cold_start_s=0,
     )
