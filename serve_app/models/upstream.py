@@ -1,13 +1,15 @@
 """A backend that forwards to an OpenAI-compatible server (vLLM, TGI, SGLang, llama.cpp).
 
 `OpenAIUpstream` posts each request to the server's `/v1/chat/completions` (a text
-completion to `/v1/completions`, embeddings to `/v1/embeddings`) with one
-`httpx.AsyncClient`, streaming with server-sent events (the bodies it sends and reads,
-every OpenAI field included: `openai_wire.py`), and reads the server's load from its
-Prometheus `/metrics` page, polled in the background (`upstream_load.py`). The client's
-network layer is aiohttp's (`aiohttp_transport.py`: httpx's own costs ~5x the CPU per
-request); tests inject theirs. A server without a readable `/metrics` page is priced
-from the requests this replica has in flight to it.
+completion to `/v1/completions`, embeddings to `/v1/embeddings`) straight to an httpx
+transport (`_Poster`: the `httpx.AsyncClient` layers around a request cost as much CPU as
+the request), streaming with server-sent events (the bodies it sends and reads, every
+OpenAI field included: `openai_wire.py`), and reads the server's load from its
+Prometheus `/metrics` page with an `httpx.AsyncClient` on the same transport, polled in
+the background (`upstream_load.py`). The network layer is aiohttp's
+(`aiohttp_transport.py`: httpx's own costs ~5x the CPU per request); tests inject
+theirs. A server without a readable `/metrics` page is priced from the requests this
+replica has in flight to it.
 
 Errors map onto the backend hierarchy: the server unreachable or timing out before
 it answers → `BackendUnavailable`; the server refusing the request as invalid (HTTP
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -114,6 +117,8 @@ class OpenAIUpstream:
         self._clock = clock
 
         self._client: httpx.AsyncClient | None = None
+        """For start-up probes and `/metrics`; requests go through `_poster`."""
+        self._poster: _Poster | None = None
         self._poller: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -140,18 +145,18 @@ class OpenAIUpstream:
         if self._started:
             return
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        timeout = httpx.Timeout(self._timeout_s, connect=min(self._timeout_s, 10.0))
+        transport = self._transport or AiohttpTransport()
         self._client = httpx.AsyncClient(
-            base_url=self._base_url,
-            headers=headers,
-            timeout=httpx.Timeout(self._timeout_s, connect=min(self._timeout_s, 10.0)),
-            transport=self._transport or AiohttpTransport(),
+            base_url=self._base_url, headers=headers, timeout=timeout, transport=transport
         )
+        self._poster = _Poster(transport, self._base_url, headers, timeout)
         try:
             await self._wait_until_up()
             polling = await self.poll_metrics_once()
         except BaseException:
             await self._client.aclose()
-            self._client = None
+            self._client = self._poster = None
             raise
         if polling:
             self._poller = asyncio.create_task(
@@ -169,6 +174,7 @@ class OpenAIUpstream:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
+        self._poster = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -194,13 +200,13 @@ class OpenAIUpstream:
 
     async def generate(self, request: GenerationRequest) -> Completion:
         """Post the request without streaming; usage from the server, else counted."""
-        client = self._require_client()
+        poster = self._require_poster()
         body = request_body(request, self._model, stream=False)
         started = self._clock()
         self._inflight += 1
         try:
             try:
-                response = await client.post(request_path(request), json=body)
+                response = await poster.post(request_path(request), body, read=True)
             except httpx.TransportError as exc:
                 raise self._unavailable(exc) from None
         finally:
@@ -241,16 +247,14 @@ class OpenAIUpstream:
         last one with the usage (the server's, else counted). A stream that ends before
         `[DONE]` without a finish reason, or breaks off, raises `GenerationFailed`.
         """
-        client = self._require_client()
+        poster = self._require_poster()
         body = request_body(request, self._model, stream=True)
         started = self._clock()
         ttft_s: float | None = None
         self._inflight += 1
         try:
             try:
-                response = await client.send(
-                    client.build_request("POST", request_path(request), json=body), stream=True
-                )
+                response = await poster.post(request_path(request), body, read=False)
             except httpx.TransportError as exc:
                 raise self._unavailable(exc) from None
             try:
@@ -320,13 +324,13 @@ class OpenAIUpstream:
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         """Post to `/v1/embeddings` (floats); the server's usage, else counted."""
-        client = self._require_client()
+        poster = self._require_poster()
         started = self._clock()
         self._inflight += 1
         try:
             try:
-                response = await client.post(
-                    EMBEDDINGS_PATH, json=embedding_body(request, self._model)
+                response = await poster.post(
+                    EMBEDDINGS_PATH, embedding_body(request, self._model), read=True
                 )
             except httpx.TransportError as exc:
                 raise self._unavailable(exc) from None
@@ -408,12 +412,12 @@ class OpenAIUpstream:
         if isinstance(listed, str) and listed:
             self._model = listed
 
-    def _require_client(self) -> httpx.AsyncClient:
+    def _require_poster(self) -> _Poster:
         if self._closed:
             raise BackendUnavailable("upstream backend is closed")
-        if not self._started or self._client is None:
+        if not self._started or self._poster is None:
             raise BackendUnavailable("upstream backend is not started")
-        return self._client
+        return self._poster
 
     def _finish_reason(self, finish: object) -> FinishReason:
         if finish == "length":
@@ -450,3 +454,49 @@ class OpenAIUpstream:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+class _Poster:
+    """POSTs a JSON body straight to the transport.
+
+    What `httpx.AsyncClient` adds around a request (merging the URL with `base_url`,
+    cookies, redirects, auth flows, event hooks) cost as much CPU as the rest of the
+    call in the ingress's profile (issue #13), and none of it applies to a server that
+    answers each POST in place. The URL of each path is parsed once; headers and
+    timeouts are the client's."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        base_url: str,
+        headers: dict[str, str],
+        timeout: httpx.Timeout,
+    ) -> None:
+        self._transport = transport
+        self._base_url = base_url
+        self._headers = {**headers, "Content-Type": "application/json"}
+        self._extensions = {"timeout": timeout.as_dict()}
+        self._urls: dict[str, httpx.URL] = {}
+
+    async def post(self, path: str, body: object, *, read: bool) -> httpx.Response:
+        """The response; its body read when `read` (else the caller reads and closes it)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self._base_url + path)
+        request = httpx.Request(
+            "POST",
+            url,
+            headers=self._headers,
+            content=json.dumps(
+                body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode(),
+            extensions=self._extensions,
+        )
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        if read:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
