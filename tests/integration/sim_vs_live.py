@@ -75,11 +75,14 @@ MIX_TOLERANCE = 0.10
 P50_TOLERANCE = 0.30
 P50_OVERHEAD_S = 0.05
 TPOT_TOLERANCE = 0.05
-ONE_REPLICA_LATENCY = (0.95, 1.06)
+"""Median TPOT, live over the backtest's, a model with one replica."""
+REPLICAS_TPOT_TOLERANCE = 0.08
+"""... a model with several replicas (how full each batch is depends on the routing)."""
+ONE_REPLICA_LATENCY = (0.95, 1.07)
 """Mean live latency over the backtest's, a model with one replica (no routing)."""
-ONE_REPLICA_TTFT_S = (-0.10, 0.15)
+ONE_REPLICA_TTFT_S = (-0.10, 0.20)
 """Mean live TTFT minus the backtest's (seconds), a model with one replica."""
-REPLICAS_LATENCY = (0.85, 1.30)
+REPLICAS_LATENCY = (0.85, 1.35)
 """Mean live latency over the backtest's, a model with several replicas."""
 MIN_PAIRS = 10
 """A model's per-model checks need this many requests served in the counted pass."""
@@ -751,12 +754,13 @@ def compare(
             live_tpot = statistics.median(t for t, _ in tpots)
             sim_tpot = statistics.median(t for _, t in tpots)
             ratio = live_tpot / sim_tpot
+            tolerance = TPOT_TOLERANCE if one_replica else REPLICAS_TPOT_TOLERANCE
             checks.append(
                 Check(
                     f"{model} median TPOT",
-                    abs(ratio - 1.0) <= TPOT_TOLERANCE,
+                    abs(ratio - 1.0) <= tolerance,
                     f"live {live_tpot * 1000:.2f} ms / backtest {sim_tpot * 1000:.2f} ms = "
-                    f"{ratio:.3f}, tolerance {TPOT_TOLERANCE:.0%}",
+                    f"{ratio:.3f}, tolerance {tolerance:.0%}",
                 )
             )
         lines.append(f"  {model}: {len(mine)} requests, mean TTFT gap {ttft_gap * 1000:+.0f} ms")
