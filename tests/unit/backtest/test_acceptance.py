@@ -4,6 +4,10 @@
 - incremental keeps every 5-minute window's realized margin at or above the floor;
 - incremental refuses fewer requests than allocated.
 
+The trace is the one `rtcts backtest --spike` finds without `--trace`
+(`runner.find_trace`): the copy shipped in the package (serve_app/backtest/data), else
+`../shared/data/`; a clean clone has the first.
+
 About a minute on the 2-core machine: `pytest -m slow tests/unit/backtest`.
 """
 
@@ -14,18 +18,25 @@ from pathlib import Path
 import pytest
 
 from serve_app.backtest.report import summary_table
-from serve_app.backtest.runner import BacktestOptions, BacktestResult, run_backtest
-from tests.unit.backtest.conftest import AZURE_TRACE
+from serve_app.backtest.runner import (
+    PACKAGED_TRACE,
+    BacktestOptions,
+    BacktestResult,
+    find_trace,
+    run_backtest,
+)
+
+TRACE = find_trace(Path.cwd())
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not AZURE_TRACE.is_file(), reason=f"needs {AZURE_TRACE}"),
+    pytest.mark.skipif(TRACE is None, reason=f"needs {PACKAGED_TRACE} or ../shared/data"),
 ]
 
 
 @pytest.fixture(scope="module")
 def result() -> BacktestResult:
-    return run_backtest(BacktestOptions(trace=AZURE_TRACE, spike=True), Path.cwd())
+    return run_backtest(BacktestOptions(trace=TRACE, spike=True), Path.cwd())
 
 
 def _windows(result: BacktestResult, policy: str) -> str:
