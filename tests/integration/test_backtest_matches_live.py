@@ -29,18 +29,20 @@ that is what failed this test once (load average 45 on 2 cores). Two measures pe
   (80%) of a core: 2 busy loops on the 2 cores give ≈ 50%, 8 give ≈ 22%; beside the
   app alone it gets ≈ 93%;
 - the live app: behind its modelled pace when more than 5% of the served requests
-  decoded slower than the engine's slowest on-pace batch allows (o · TPOT(B) + 20 ms,
-  measured by the replica itself), or the HTTP path (client latency minus the
-  ingress's own total) took more than 250 ms at p90 (quiet: ~15 ms), or the client sent
-  1% of its requests more than 250 ms late.
+  decoded more than 10% slower than the engine's slowest on-pace batch allows
+  (1.1 · o · TPOT(B) + 20 ms, measured by the replica itself), or the HTTP path (client
+  latency minus the ingress's own total) took more than 150 ms at p90 (quiet: ~15 ms),
+  or the client sent 1% of its requests more than 250 ms late.
 
 A pass is inconclusive only when both say so: the host was busy *and* the app fell
 behind. Then one more pass is sent (at most `MAX_PASSES` = 3 in all, about 2.5 min) and
 compared instead; when every pass was inconclusive the test skips and says what it saw.
 A busy host under which the app kept its pace is compared (seen: the probe at 52%,
 every check within its tolerance). An app that falls behind on a free
-host fails: that is the live app diverging from the model, whatever the cause. (Seen
-inconclusive: 8 busy loops beside the run: HTTP path p50 10 s, p50 26 s against 2.5 s.)
+host fails: that is the live app diverging from the model, whatever the cause. Seen
+inconclusive: a pass with the probe at 22% and the HTTP path at 0.3-0.5 s p90, where the
+one-replica model's TTFT came 230 ms late (the next pass was compared and held); 8 busy
+loops beside the run: HTTP path p50 10 s, p50 26 s against 2.5 s.
 
 **The checks and their tolerances.** Seen on six compared passes, on a quiet host and on
 busy ones (load average up to 15), with the session's other app deployed beside this
