@@ -20,6 +20,7 @@ Serve's per-request access log lines are off for every deployment of the app unl
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ SERVE_LOOK_BACK_S = 30.0
 SUPPORTED_BACKENDS = frozenset(
     {BackendKind.SIMULATED, BackendKind.OPENAI_UPSTREAM, BackendKind.RAY_SERVE_LLM}
 )
+
+
+logger = logging.getLogger("rtcts.builder")
 
 
 class AppArgs(BaseModel):
@@ -243,7 +247,13 @@ def ingress_args(app_args: AppArgs, loaded: LoadedPolicy, settings: Settings) ->
     """The ingress's typed arguments: the validated policy, Redis, and billing (only with
     Redis: meters need its stream). The Stripe key comes from `settings`."""
     billing = None
-    if app_args.redis_url is not None:
+    if app_args.redis_url is None:
+        logger.warning(
+            "app %s has no redis_url: admission (keys' limits and budgets) and billing are "
+            "off, meters stay in memory; give redis_url in the application's args",
+            app_args.app_name,
+        )
+    else:
         billing = BillingArgs(
             data_dir=app_args.data_dir,
             meter_shards=app_args.meter_shards,

@@ -221,3 +221,18 @@ def test_access_log_argument_wins_over_the_setting_which_defaults_off(
     build_app({"policy": policy_dict(), "access_log": argument})
 
     assert access_logs == [resolved]
+
+
+def test_an_app_without_redis_says_that_nothing_is_limited_or_billed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`serve run serve_config.yaml` as shipped has no redis_url: it serves, but whoever
+    reads the logs learns that keys are not limited and nothing reaches Stripe."""
+    with caplog.at_level("WARNING", logger="rtcts.builder"):
+        build_app({"policy": policy_dict(), "app_name": "no-redis"})
+    assert "no-redis has no redis_url" in caplog.text
+    assert "billing are off" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rtcts.builder"):
+        build_app({"policy": policy_dict(), "redis_url": "redis://127.0.0.1:1/0"})
+    assert "redis_url" not in caplog.text
