@@ -44,22 +44,23 @@ inconclusive: a pass with the probe at 22% and the HTTP path at 0.3-0.5 s p90, w
 one-replica model's TTFT came 230 ms late (the next pass was compared and held); 8 busy
 loops beside the run: HTTP path p50 10 s, p50 26 s against 2.5 s.
 
-**The checks and their tolerances.** Seen on six compared passes, on a quiet host and on
-busy ones (load average up to 15), with the session's other app deployed beside this
+**The checks and their tolerances.** Seen on eleven compared passes, on a quiet host and
+on busy ones (load average up to 15), with the session's other app deployed beside this
 one or not:
 
 1. *Served-model mix* (end to end: the backtest's own decisions): each model's share
    and the throttled share within `MIX_TOLERANCE` = 10 points. Seen: the live app
-   throttles 3.9 points more, every time. The live ingress decides on load reports up
-   to ~200 ms old and on Serve's replicas; the slice saturates the cluster, so near the
-   throttle threshold single decisions differ (about half of them after the first 20 s)
-   while the shares stay close. Pricing without the replicas' queues or no scale-up
-   moves the mix by 17-45 points; a decode rate 20% off or no batch slowdown by up to
-   ~10 (3 catches those).
+   throttles 1.1-6.1 points more, every time, the largest gap. The live ingress decides
+   on load reports up to ~200 ms old and on Serve's replicas; the slice saturates the
+   cluster, so near the throttle threshold single decisions differ (about half of them
+   after the first 20 s) while the shares stay close. Pricing without the replicas'
+   queues or no scale-up moves the mix by 17-45 points; a decode rate 20% off or no
+   batch slowdown by up to ~10 (3 catches those).
 2. *p50 end-to-end latency* of the served requests, own decisions: within
-   `P50_TOLERANCE` = 30% of the backtest's, plus 50 ms for what only the live path has
-   (HTTP, ingress, Serve). Seen: live/backtest 0.99-1.21 (the two sides serve slightly
-   different requests, see 1).
+   `P50_TOLERANCE` = 35% of the backtest's, plus 50 ms for what only the live path has
+   (HTTP, ingress, Serve). Seen: live/backtest 0.97-1.23, the most on busy hosts: the
+   two sides serve slightly different requests (see 1), and Serve's routing adds 7-19%
+   to `small`'s mean (see 3).
 3. *The backtest's replica model on the live decisions* (`RoutedReplay`): the live
    timeline replayed through the backtest's deployments and replicas, each request sent
    to the model the live app chose, with its live output length. The comparison is then
@@ -67,11 +68,11 @@ one or not:
    requests in the pass:
    - a model with one replica (`mid`: no routing choice): mean latency live/backtest in
      [0.95, 1.07] (seen 1.009-1.032: the ingress's own hops), mean TTFT (queue wait
-     plus prefill) within -100..+200 ms of the backtest's (seen +19..+86 ms, the most on
+     plus prefill) within -100..+200 ms of the backtest's (seen +15..+86 ms, the most on
      a busy host) and median TPOT within 5% (batching: Θ(n) at the batch sizes met;
-     seen 0.5-1.1%);
+     seen 0.3-1.4%);
    - a model with several replicas (`small`, two): mean latency live/backtest in
-     [0.85, 1.35] (seen 1.08-1.19) and median TPOT within 8% (seen 1.7-2.8%). Wider,
+     [0.85, 1.35] (seen 1.07-1.19) and median TPOT within 8% (seen 0.4-4.3%). Wider,
      because Serve's router is not the backtest's least-loaded routing: it was seen
      keeping 3 requests queued on one replica for 2.5 s while the other had 2 free
      slots, so waits and batch sizes differ.
