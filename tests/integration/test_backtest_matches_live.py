@@ -178,9 +178,8 @@ def test_backtest_matches_live(ray_serve: str, tmp_path: Path) -> None:
     print(f"\nrtcts backtest of the planned slice: served {planned}\n{host}")
     if not delivered.conclusive:
         pytest.skip(
-            "inconclusive: the host was busy and the live app fell behind its modelled "
-            f"pace in the last pass (pass {live.counted}; after each pass but the last, "
-            f"another was sent when so):\n{host}"
+            f"inconclusive: in pass {live.counted}, the last one sent, the host was busy "
+            f"and the live app fell behind its modelled pace:\n{host}"
         )
 
     errors = [(r.index, r.status, r.error) for r in counted if not r.served and not r.decision]
