@@ -29,3 +29,14 @@ class ReplicaReport:
     running_service_s: float | None = None
     """The running requests' part of `mean_service_s` alone (twice their mean age):
     what is running now, without the past; None when nothing runs."""
+    app: str | None = None
+    """The Serve application of the replica: the registry is one per Ray cluster, and an
+    ingress counts only its own application's replicas (None: a report made inside the
+    ingress itself, `models/direct.py`)."""
+
+
+def of_app(reports: list[ReplicaReport], app: str) -> list[ReplicaReport]:
+    """The reports of `app`'s replicas (and the ingress's own, `app` None): the registry
+    is one per Ray cluster, and another application's replica of a model with the same
+    id is not this application's capacity."""
+    return [r for r in reports if r.app is None or r.app == app]

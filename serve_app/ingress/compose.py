@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from serve_app.admission import AdmissionGate, RedisAdmission
 from serve_app.admission.gate import DEFAULT_TIMEOUT_S
 from serve_app.admission.lifetime import reservation_ttl_s
-from serve_app.cluster.reports import ReplicaReport
+from serve_app.cluster.reports import ReplicaReport, of_app
 from serve_app.cluster.serve_adapter import DeploymentInfo
 from serve_app.cluster.snapshot import Scaling
 from serve_app.cluster.state import ClusterState
@@ -129,17 +129,19 @@ def ray_platform(app_name: str) -> Platform:
 
     configure_tracing(otel_environment())  # OTLP export when the OTel variables ask for it
     registry = get_or_create_registry()
+    context = serve.get_replica_context()
+    own_app = context.app_name
 
     async def fetch_reports() -> list[ReplicaReport]:
         reports: list[ReplicaReport] = await registry.snapshot.remote()
-        return reports
+        return of_app(reports, own_app)
 
     return Platform(
         fetch_reports,
         ServeControllerAdapter(app_name).deployments,
         RayMetrics(),
         ensure_aggregators,
-        replica_id=serve.get_replica_context().replica_id.unique_id,
+        replica_id=context.replica_id.unique_id,
     )
 
 

@@ -74,9 +74,11 @@ class ModelServer:
             natural_output=natural_output,
         )
         send, withdraw = registry_sends()
+        context = serve.get_replica_context()
         self._reporter = ReplicaReporter(
             model_id=self._spec.id,
-            replica_id=serve.get_replica_context().replica_id.unique_id,
+            replica_id=context.replica_id.unique_id,
+            app=context.app_name,
             send=send,
             withdraw=withdraw,
             load=self._backend.load,

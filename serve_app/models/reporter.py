@@ -54,7 +54,9 @@ class ReplicaReporter:
         period_s: float = REPORT_PERIOD_S,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        app: str | None = None,
     ) -> None:
+        self._app = app
         self._model_id = model_id
         self._replica_id = replica_id
         self._send = send
@@ -148,6 +150,7 @@ class ReplicaReporter:
                 failure_rate=self._stats.failure_rate,
                 kv_cache_usage=load.kv_cache_usage,
                 running_service_s=None if running_s is None else running_s / scale,
+                app=self._app,
             )
         )
 

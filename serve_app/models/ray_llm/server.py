@@ -83,9 +83,11 @@ class RayLLMServer(LLMServer):  # type: ignore[misc]  # Ray's class is untyped h
         self._served_model = str(config.model_id)
         self._engine_load = EngineLoad(None if simulated else InProcessMetrics())
         send, withdraw = registry_sends()
+        context = serve.get_replica_context()
         self._reporter = ReplicaReporter(
             model_id=model.id,
-            replica_id=serve.get_replica_context().replica_id.unique_id,
+            replica_id=context.replica_id.unique_id,
+            app=context.app_name,
             send=send,
             withdraw=withdraw,
             load=self._live_load,

@@ -94,3 +94,14 @@ def test_a_fresh_report_keeps_a_replica_alive() -> None:
         table.report(_report("a", clock.now))
         clock.now += REPORT_EXPIRY_S * 0.9
     assert [r.replica_id for r in table.snapshot()] == ["a"]
+
+
+def test_an_ingress_counts_only_its_own_applications_replicas() -> None:
+    """Two rtcts apps in one Ray cluster share the registry: app B's idle replicas of
+    a model id app A also serves must not count as A's spare capacity."""
+    from serve_app.cluster.reports import ReplicaReport, of_app
+
+    mine = ReplicaReport("small", "r-a", 8, 2, True, 0.0, 0.0, app="a")
+    theirs = ReplicaReport("small", "r-b", 0, 0, True, 0.0, 0.0, app="b")
+    in_ingress = ReplicaReport("up", "up@i1", 1, 0, True, 0.0, 0.0)
+    assert of_app([mine, theirs, in_ingress], "a") == [mine, in_ingress]
