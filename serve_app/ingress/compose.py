@@ -215,9 +215,12 @@ def compose(
     # Upstreams called from here: their reports and listing join the registry's and the
     # controller's, and their handles the deployments' (`models/direct.py`).
     direct = DirectModels.of(loaded.policy.models, platform.replica_id)
+    deployed = len(direct.models) < len(loaded.policy.models)
 
     async def fetch_reports() -> list[ReplicaReport]:
-        return direct.reports(await platform.fetch_reports())
+        # Only model deployments report to the registry: with none, nothing to ask it
+        # (10 actor calls a second, idle or not).
+        return direct.reports(await platform.fetch_reports() if deployed else [])
 
     async def fetch_deployments() -> dict[str, DeploymentInfo]:
         return direct.deployments(await platform.fetch_deployments())

@@ -198,3 +198,26 @@ def test_no_direct_models_change_nothing() -> None:
     reports: list[ReplicaReport] = []
     assert direct.deployments(listed) is listed
     assert direct.reports(reports) is reports
+
+
+def test_with_every_model_called_from_the_ingress_the_registry_is_never_asked() -> None:
+    asked: list[str] = []
+
+    async def fetch_reports() -> list[ReplicaReport]:
+        asked.append("registry")
+        return []
+
+    async def fetch_deployments() -> dict[str, DeploymentInfo]:
+        return {}
+
+    platform = Platform(fetch_reports, fetch_deployments, NoMetrics(), lambda c: None)
+
+    async def refresh(models: list[dict[str, Any]]) -> None:
+        policy = load_policy_dict(policy_dict(models=models)).policy
+        parts = compose(IngressArgs(policy=policy.model_dump(mode="json")), {}, platform)
+        await parts.state.refresh_load()
+
+    asyncio.run(refresh([model_dict("up", **UPSTREAM)]))
+    assert asked == []
+    asyncio.run(refresh([model_dict("up", **UPSTREAM), model_dict("sim")]))
+    assert asked == ["registry"]
