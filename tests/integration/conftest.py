@@ -49,6 +49,10 @@ def wait_until(check: Callable[[], Any], timeout_s: float = 60.0, every_s: float
 def ray_serve() -> Iterator[str]:
     """A local Ray with Serve on a free port; yields the base URL."""
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # Fast mode serves each ingress replica's port directly, and Serve then holds a
+    # stopping ingress replica 30 s for the proxy to drain it: every app a test module
+    # deletes waited that long, with no proxy in front to drain.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     import ray
     from ray import serve
 
