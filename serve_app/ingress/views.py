@@ -172,25 +172,14 @@ class Views:
             for model_id in self.book.models
             if model_id in plan.rates or model_id in plan.embedding_rates
         ]
-        cards += [
-            ModelCard(
-                id=alias,
-                created=created,
-                pricing={"route_alias": [m for m in members if m in plan.rates]},
-            )
-            for alias, members in self.book.routes.items()
-            if any(m in plan.rates for m in members)
-        ]
-        cards += [
-            ModelCard(
-                id=alias,
-                created=created,
-                pricing={"route_alias": [m for m in members if m in plan.embedding_rates]},
-            )
-            for alias, members in self.book.routes.items()
-            if not any(m in plan.rates for m in members)
-            and any(m in plan.embedding_rates for m in members)
-        ]
+        for alias, members in self.book.routes.items():
+            # A chat alias lists its members the plan prices for chat; an embedding-only
+            # alias, those it prices for embeddings.
+            served = [m for m in members if m in plan.rates] or [
+                m for m in members if m in plan.embedding_rates
+            ]
+            if served:
+                cards.append(ModelCard(id=alias, created=created, pricing={"route_alias": served}))
         return ModelList(data=cards).model_dump(mode="json", exclude_none=True)
 
     def _prices(self, plan: PlanTerms, model_id: str) -> dict[str, Any]:
