@@ -1,7 +1,8 @@
 """An httpx transport on aiohttp's client: the upstream backend's network layer.
 
-`OpenAIUpstream` speaks to its server through an `httpx.AsyncClient` (requests built,
-answers and errors read, tests injecting `httpx.MockTransport`). httpx's own network
+`OpenAIUpstream` speaks to its server through httpx's transport interface (its requests
+straight on the transport, its probes and `/metrics` polls through an
+`httpx.AsyncClient`; tests inject `httpx.MockTransport`). httpx's own network
 layer (httpcore, h11, anyio) costs about 0.6 ms of CPU per request on the 2-core
 benchmark host, several times what the rest of a forwarded request costs the model
 replica; aiohttp's client does the same network work for about a fifth of that
@@ -9,7 +10,8 @@ replica; aiohttp's client does the same network work for about a fifth of that
 and its seam and hands the network to one `aiohttp.ClientSession`:
 
 - one keep-alive connection pool per transport (no limit on connections by default: the
-  model deployment's `max_ongoing_requests` already bounds what one replica sends);
+  sending replica's `max_ongoing_requests`, the ingress's or a model deployment's,
+  already bounds what it sends);
 - httpx's timeouts per request: `connect` (plus `pool`) bounds getting a connection,
   `read` each wait for data, as httpx does;
 - bodies are passed through as they come (aiohttp's decompression is off; httpx decodes
