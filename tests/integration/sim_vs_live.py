@@ -38,9 +38,7 @@ from serve_app.pricing import PriceBook
 from tests.integration import cpu_probe
 from tests.integration.conftest import KEYS, POLICY
 
-PREFIX = "sim-"
-"""The policy's model ids get this prefix (see `sim_policy`)."""
-MODEL = f"{PREFIX}small"
+MODEL = "small"
 """What every request names (the flex tenant's card model)."""
 PLAN = "flex"
 SLICE_S = 60.0
@@ -96,21 +94,12 @@ MIN_PAIRS = 10
 
 
 def sim_policy(source: Path = POLICY) -> dict[str, Any]:
-    """The integration policy with every model id prefixed by `PREFIX`.
-
-    Model replicas push their load to one registry per Ray cluster (serve_app/cluster/
-    registry.py), keyed by replica, and an ingress counts a report of one of its model
-    ids from a replica its own deployment does not list (such a report can come before
-    the controller lists a new replica: serve_app/cluster/snapshot.py). The session's
-    other app (conftest's `app_url`, same policy) keeps idle replicas of `small` and
-    `mid` in the same Ray, which this app's ingress would count as spare capacity of its
-    own. Other ids keep the two apps apart."""
+    """The integration policy under its own version. The session's other app
+    (conftest's `app_url`) serves the same model ids in the same Ray and keeps idle
+    replicas of `small` and `mid`; the one load registry holds both apps' reports, and an
+    ingress counts only its own application's (`ReplicaReport.app`), which this test
+    relies on."""
     data: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
-    for model in data["models"]:
-        model["id"] = PREFIX + model["id"]
-    data["routes"] = {
-        alias: [PREFIX + m for m in models] for alias, models in (data.get("routes") or {}).items()
-    }
     data["version"] = f"{data['version']}-sim"
     return data
 

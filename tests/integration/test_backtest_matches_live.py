@@ -6,8 +6,9 @@ a pass takes 40 s) goes through a running rtcts app on the session's Ray Serve
 (simulated backend, `rtcts demo`'s requests: a synthetic prompt of the trace's prompt
 tokens, the trace's output tokens as `max_tokens`), and through `rtcts backtest`'s model
 (policy `incremental`, what the live app decides), with the same policy (tests/
-integration/policy.yaml, model ids prefixed `sim-`: `sim_vs_live.sim_policy` says why),
-one `flex` tenant naming `sim-small`, the same arrivals and output lengths, no failures.
+integration/policy.yaml, beside the session's other app on the same model ids:
+`sim_vs_live.sim_policy` says why that holds), one `flex` tenant naming `small`, the same
+arrivals and output lengths, no failures.
 The pieces are in tests/integration/sim_vs_live.py.
 
 **Same arrivals: what the host delivered.** The live client sends the slice pass after
