@@ -77,6 +77,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from procs import cpu_s, descendants  # bench/procs.py (bench/ is on sys.path as a script)
 from stats import percentile  # bench/stats.py: bench/ is on sys.path when run as a script
 
 from serve_app.models.backend import ChatMessage, GenerationRequest
@@ -443,37 +444,6 @@ def _process_kind(pid: int) -> str | None:
     return "ray-other"
 
 
-def _cpu_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime of the process itself
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    found: list[int] = []
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
-
-
 class NodeCpu:
     """CPU seconds of every process of the local Ray node (the driver's descendants: gcs,
     raylet, workers), by kind; the driver (the load generator) is measured apart."""
@@ -483,7 +453,7 @@ class NodeCpu:
 
     def sample(self) -> dict[str, float]:
         by_kind: dict[str, float] = {}
-        for pid in _descendants(os.getpid()):
+        for pid in descendants(os.getpid(), include_root=False):
             kind = self._kinds.get(pid)
             if kind is None:
                 kind = _process_kind(pid)
@@ -491,9 +461,9 @@ class NodeCpu:
                     continue
                 if kind not in ("ray-other", "IDLE"):
                     self._kinds[pid] = kind  # a worker's title changes once it gets a job
-            ticks = _cpu_ticks(pid)
-            if ticks is not None:
-                by_kind[kind] = by_kind.get(kind, 0.0) + ticks / CLK_TCK
+            seconds = cpu_s(pid)
+            if seconds is not None:
+                by_kind[kind] = by_kind.get(kind, 0.0) + seconds
         return by_kind
 
     @staticmethod
